@@ -1,0 +1,382 @@
+package appservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.mau.fi/util/dbutil"
+	"gopkg.in/yaml.v3"
+	mxappservice "maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/bridgev2"
+	"maunium.net/go/mautrix/bridgev2/bridgeconfig"
+	"maunium.net/go/mautrix/bridgev2/commands"
+	"maunium.net/go/mautrix/bridgev2/matrix"
+	"maunium.net/go/mautrix/bridgev2/networkid"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/passerelle/passerelle/registration"
+)
+
+// MountPrefix is where the hub mounts an in-process bridge's appservice router: <MountPrefix><id>/.
+const MountPrefix = "/_passerelle/appservice/"
+
+// stopTimeout bounds how long one bridge may take to disconnect its logins on shutdown.
+const stopTimeout = 5 * time.Second
+
+// HostConfig is what the bridge host needs from the hub.
+type HostConfig struct {
+	// ServerName is the homeserver's name (the domain of the bridges' ghosts and bots).
+	ServerName string
+	// Transport carries the bridges' Client-Server API requests; requests for InternalHost must reach the
+	// homeserver (an *InProcessTransport does that without TCP).
+	Transport http.RoundTripper
+	// Mount registers an appservice router on the hub's mux (e.g. (*homeserver.Server).Handle).
+	Mount func(pattern string, h http.Handler)
+	// Log is the parent logger; each bridge logs with bridge_id set.
+	Log zerolog.Logger
+}
+
+// BridgeSpec describes one in-process bridge.
+type BridgeSpec struct {
+	// ID is the bridge ID (also the appservice ID and the mount path segment), e.g. "email".
+	ID string
+	// Connector is the network side.
+	Connector bridgev2.NetworkConnector
+	// DB is the bridge's own database (storage.Open(..., "bridge-<id>")); the host's Stop closes it.
+	DB *dbutil.Database
+	// Registration is the bridge's appservice registration (see LoadOrCreateRegistration); the homeserver must
+	// have it in its appservice list.
+	Registration *registration.Registration
+	// UsernameTemplate names ghost users; {{.}} is the remote user ID (e.g. "email_{{.}}").
+	UsernameTemplate string
+	// Admins get the bridge's admin permission level; every other user of ServerName gets "user".
+	Admins []id.UserID
+}
+
+// BridgeState is the life-cycle state of one hosted bridge.
+type BridgeState string
+
+// Bridge states reported by Host.Status.
+const (
+	StateStopped  BridgeState = "stopped"
+	StateStarting BridgeState = "starting"
+	StateRunning  BridgeState = "running"
+	StateFailed   BridgeState = "failed"
+)
+
+// BridgeStatus is one row of Host.Status.
+type BridgeStatus struct {
+	ID    string      `json:"id"`
+	State BridgeState `json:"state"`
+	Error string      `json:"error,omitempty"`
+}
+
+// hosted is one bridge and its state.
+type hosted struct {
+	spec   BridgeSpec
+	cfg    *bridgeconfig.Config
+	mx     *matrix.Connector
+	bridge *bridgev2.Bridge
+
+	mu    sync.Mutex
+	state BridgeState
+	err   error
+}
+
+// Host runs mautrix-go bridgev2 bridges in this process without mxmain: it builds each bridge's config in code,
+// routes its homeserver traffic through the hub's transport, mounts its appservice router on the hub's mux,
+// and starts and stops it. Nothing it does calls os.Exit: start failures come back as errors.
+type Host struct {
+	cfg     HostConfig
+	mu      sync.Mutex
+	bridges []*hosted
+}
+
+// NewHost returns an empty host.
+func NewHost(cfg HostConfig) *Host {
+	return &Host{cfg: cfg}
+}
+
+// Add builds a bridge (bridgeconfig, matrix connector, bridgev2.Bridge) and mounts its appservice router at
+// <MountPrefix><id>/. The bridge does not run until Start.
+func (h *Host) Add(spec BridgeSpec) error {
+	if spec.ID == "" || spec.Connector == nil || spec.DB == nil || spec.Registration == nil {
+		return errors.New("add bridge: ID, Connector, DB and Registration are required")
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, b := range h.bridges {
+		if b.spec.ID == spec.ID {
+			return fmt.Errorf("add bridge %s: already added", spec.ID)
+		}
+	}
+	cfg, err := BridgeConfig(spec, h.cfg.ServerName)
+	if err != nil {
+		return fmt.Errorf("add bridge %s: %w", spec.ID, err)
+	}
+	log := h.cfg.Log.With().Str("bridge_id", spec.ID).Logger()
+	mx := matrix.NewConnector(cfg)
+	// bridgev2 would os.Exit when another instance takes over the websocket; we use no websocket, but make sure.
+	mx.OnWebsocketReplaced = func() { log.Error().Msg("Appservice websocket replaced; ignoring (websocket not in use)") }
+	br := bridgev2.NewBridge(networkid.BridgeID(spec.ID), spec.DB, log, &cfg.Bridge, mx, spec.Connector, commands.NewProcessor)
+	if h.cfg.Transport != nil {
+		mx.AS.HTTPClient.Transport = h.cfg.Transport
+	}
+	if h.cfg.Mount != nil {
+		h.cfg.Mount(MountPrefix+spec.ID+"/", http.StripPrefix(strings.TrimSuffix(MountPrefix+spec.ID+"/", "/"), mx.AS.Router))
+	}
+	h.bridges = append(h.bridges, &hosted{spec: spec, cfg: cfg, mx: mx, bridge: br, state: StateStopped})
+	return nil
+}
+
+// Start starts every added bridge in order. A bridge that fails to start is marked failed (see Status) and
+// the others still start; the returned error joins the failures.
+func (h *Host) Start(ctx context.Context) error {
+	h.mu.Lock()
+	bridges := append([]*hosted(nil), h.bridges...)
+	h.mu.Unlock()
+	var errs []error
+	for _, b := range bridges {
+		if err := b.start(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("start bridge %s: %w", b.spec.ID, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (b *hosted) setState(s BridgeState, err error) {
+	b.mu.Lock()
+	b.state, b.err = s, err
+	b.mu.Unlock()
+}
+
+func (b *hosted) start(ctx context.Context) error {
+	b.setState(StateStarting, nil)
+	ctx = b.bridge.Log.WithContext(ctx)
+	// Same order as mxmain: connectors (DB upgrade, homeserver checks), then existing logins, then post-start.
+	err := b.bridge.StartConnectors(ctx)
+	if err == nil {
+		err = b.bridge.StartLogins(ctx)
+	}
+	if err != nil {
+		var exitErr matrix.ExitError
+		if errors.As(err, &exitErr) {
+			err = fmt.Errorf("matrix connector refused to start (mautrix exit code %d): %w", exitErr.ExitCode, err)
+		}
+		b.setState(StateFailed, err)
+		return err
+	}
+	go b.bridge.PostStart(ctx)
+	b.setState(StateRunning, nil)
+	b.bridge.Log.Info().Msg("Bridge started")
+	return nil
+}
+
+// Stop stops every running bridge (newest first) and closes their databases.
+func (h *Host) Stop() {
+	h.mu.Lock()
+	bridges := append([]*hosted(nil), h.bridges...)
+	h.mu.Unlock()
+	for i := len(bridges) - 1; i >= 0; i-- {
+		b := bridges[i]
+		b.mu.Lock()
+		state := b.state
+		b.mu.Unlock()
+		if state == StateRunning || state == StateFailed || state == StateStarting {
+			// bridgev2's Stop also closes the bridge database.
+			b.bridge.StopWithTimeout(stopTimeout)
+		} else {
+			_ = b.spec.DB.Close()
+		}
+		b.setState(StateStopped, nil)
+	}
+}
+
+// Status reports each bridge's state.
+func (h *Host) Status() []BridgeStatus {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]BridgeStatus, 0, len(h.bridges))
+	for _, b := range h.bridges {
+		b.mu.Lock()
+		st := BridgeStatus{ID: b.spec.ID, State: b.state}
+		if b.err != nil {
+			st.Error = b.err.Error()
+		}
+		b.mu.Unlock()
+		out = append(out, st)
+	}
+	return out
+}
+
+// Bridge returns the bridgev2 bridge with the given ID, or nil.
+func (h *Host) Bridge(bridgeID string) *bridgev2.Bridge {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, b := range h.bridges {
+		if b.spec.ID == bridgeID {
+			return b.bridge
+		}
+	}
+	return nil
+}
+
+// BridgeConfig builds the bridgev2 config of an in-process bridge: homeserver = the hub (InternalBaseURL,
+// server name), appservice id/tokens/bot from the registration with no HTTP listener of its own, permissions
+// "user" for every local user and "admin" for spec.Admins, encryption and double puppeting off, backfill on,
+// provisioning, public and direct media off. Options not set here keep bridgev2's zero value, which is its
+// "off" setting.
+func BridgeConfig(spec BridgeSpec, serverName string) (*bridgeconfig.Config, error) {
+	cfg := &bridgeconfig.Config{}
+	if example, data, _ := spec.Connector.GetConfig(); data != nil && example != "" {
+		if err := yaml.Unmarshal([]byte(example), data); err != nil {
+			return nil, fmt.Errorf("parse network config defaults: %w", err)
+		}
+	}
+	name := spec.Connector.GetName()
+
+	cfg.Bridge.CommandPrefix = name.DefaultCommandPrefix
+	if cfg.Bridge.CommandPrefix == "" {
+		cfg.Bridge.CommandPrefix = "!" + name.NetworkID
+	}
+	// One room per remote chat and no extra space per user: fewer rooms for a small homeserver.
+	cfg.Bridge.PersonalFilteringSpaces = false
+	cfg.Bridge.PrivateChatPortalMeta = true
+	// Tell users in their management room when a login breaks, not on every transient state.
+	cfg.Bridge.BridgeStatusNotices = "errors"
+	cfg.Bridge.UnknownErrorMaxAutoReconnects = 10
+	cfg.Bridge.TagOnlyOnCreate = true
+	cfg.Bridge.MuteOnlyOnCreate = true
+	// Remote events queued per portal before the network side blocks (bridgev2's usual value).
+	cfg.Bridge.PortalEventBuffer = 64
+	cfg.Bridge.KickMatrixUsers = true
+	cfg.Bridge.PortalCreateFilter.Mode = bridgeconfig.PortalCreateFilterModeDeny
+	cfg.Bridge.Relay.Enabled = false
+
+	cfg.Homeserver.RetryLimit = 4
+	cfg.Matrix.MessageErrorNotices = true
+	cfg.Matrix.SyncDirectChatList = true
+	cfg.Matrix.FederateRooms = false
+	// Media above this size is uploaded from a temporary file rather than memory.
+	cfg.Matrix.UploadFileThreshold = 5 << 20
+
+	cfg.Backfill.MaxInitialMessages = 50
+	cfg.Backfill.MaxCatchupMessages = 500
+	cfg.Backfill.UnreadHoursThreshold = 720
+	cfg.Backfill.Threads.MaxInitialMessages = 50
+
+	reg := spec.Registration
+
+	cfg.Homeserver.Address = InternalBaseURL
+	cfg.Homeserver.Domain = serverName
+	cfg.Homeserver.Software = bridgeconfig.SoftwareStandard
+	cfg.Homeserver.Websocket = false
+	cfg.Homeserver.WSProxy = ""
+	cfg.Homeserver.StatusEndpoint = ""
+	cfg.Homeserver.MessageSendCheckpointEndpoint = ""
+
+	cfg.AppService.ID = reg.ID
+	cfg.AppService.Address = reg.URL
+	cfg.AppService.PublicAddress = ""
+	cfg.AppService.Hostname = ""
+	cfg.AppService.Port = 0
+	cfg.AppService.NoServer = true
+	cfg.AppService.ASToken = reg.AppToken
+	cfg.AppService.HSToken = reg.ServerToken
+	cfg.AppService.Bot.Username = reg.SenderLocalpart
+	cfg.AppService.EphemeralEvents = false
+	cfg.AppService.AsyncTransactions = false
+	if spec.UsernameTemplate != "" {
+		cfg.AppService.UsernameTemplate = spec.UsernameTemplate
+	}
+	if !strings.Contains(cfg.AppService.UsernameTemplate, "{{.}}") {
+		return nil, fmt.Errorf("username template %q lacks {{.}}", cfg.AppService.UsernameTemplate)
+	}
+
+	perms := bridgeconfig.PermissionConfig{serverName: ptr(bridgeconfig.PermissionLevelUser)}
+	for _, a := range spec.Admins {
+		perms[string(a)] = ptr(bridgeconfig.PermissionLevelAdmin)
+	}
+	cfg.Bridge.Permissions = perms
+
+	cfg.Encryption.Allow = false
+	cfg.Encryption.Default = false
+	cfg.Encryption.Require = false
+	cfg.Encryption.Appservice = false
+	cfg.Encryption.MSC4190 = false
+	cfg.DoublePuppet = bridgeconfig.DoublePuppetConfig{}
+	cfg.Backfill.Enabled = true
+	cfg.Bridge.Backfill = cfg.Backfill
+	cfg.Provisioning.SharedSecret = "disable"
+	cfg.Provisioning.AllowMatrixAuth = false
+	cfg.PublicMedia.Enabled = false
+	cfg.DirectMedia.Enabled = false
+	cfg.Analytics = bridgeconfig.AnalyticsConfig{}
+	return cfg, nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// GhostRegex returns the full-match regex of the ghost users a username template produces on serverName, e.g.
+// "email_{{.}}" on "localhost" gives `@email_.+:localhost`.
+func GhostRegex(usernameTemplate, serverName string) (string, error) {
+	before, after, ok := strings.Cut(usernameTemplate, "{{.}}")
+	if !ok {
+		return "", fmt.Errorf("username template %q lacks {{.}}", usernameTemplate)
+	}
+	return "@" + regexp.QuoteMeta(before) + ".+" + regexp.QuoteMeta(after) + ":" + regexp.QuoteMeta(serverName), nil
+}
+
+// LoadOrCreateRegistration returns the registration of the in-process bridge bridgeID, stored at
+// <dataDir>/registrations/<bridgeID>.yaml: generated with fresh tokens on first start, and on later starts
+// loaded with its tokens kept while the URL, sender and namespaces are brought in line with the current config
+// (e.g. a changed server name or username template). The file is rewritten only when something changed.
+func LoadOrCreateRegistration(dataDir, bridgeID, botLocalpart, usernameTemplate, serverName string) (*registration.Registration, error) {
+	path := filepath.Join(dataDir, "registrations", bridgeID+".yaml")
+	ghosts, err := GhostRegex(usernameTemplate, serverName)
+	if err != nil {
+		return nil, err
+	}
+	url := InternalBaseURL + MountPrefix + bridgeID
+	want := mxappservice.Namespaces{UserIDs: mxappservice.NamespaceList{
+		{Regex: "@" + regexp.QuoteMeta(botLocalpart) + ":" + regexp.QuoteMeta(serverName), Exclusive: true},
+		{Regex: ghosts, Exclusive: true},
+	}}
+
+	reg, err := registration.Load(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		reg = registration.Generate(bridgeID, url, botLocalpart, "")
+	case err != nil:
+		return nil, err
+	}
+	before, err := reg.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	reg.ID, reg.URL, reg.SenderLocalpart, reg.Namespaces = bridgeID, url, botLocalpart, want
+	f := false
+	reg.RateLimited = &f
+	if err := reg.Validate(); err != nil {
+		return nil, err
+	}
+	after, err := reg.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	if string(before) != string(after) {
+		if err := reg.Save(path); err != nil {
+			return nil, err
+		}
+	}
+	return reg, nil
+}

@@ -1,0 +1,26 @@
+package msgconv
+
+import (
+	"regexp"
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
+
+func isValidUTF8(s string) bool { return utf8.ValidString(s) }
+
+var onAttrRe = regexp.MustCompile(`(?i)<[^>]*\son[a-z]+\s*=`)
+
+// assertSafeHTML checks the sanitiser's promises on an output.
+func assertSafeHTML(t *testing.T, h string) {
+	t.Helper()
+	l := strings.ToLower(h)
+	for _, bad := range []string{"<script", "<style", "<iframe", "javascript:", "<object", "<svg"} {
+		if strings.Contains(l, bad) {
+			t.Errorf("sanitised HTML contains %q: %q", bad, h)
+		}
+	}
+	if onAttrRe.MatchString(h) {
+		t.Errorf("sanitised HTML has an on* attribute: %q", h)
+	}
+}

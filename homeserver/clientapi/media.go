@@ -1,0 +1,91 @@
+package clientapi
+
+import (
+	"mime"
+	"net/http"
+	"strconv"
+
+	"github.com/passerelle/passerelle/homeserver/mxerr"
+)
+
+func (a *API) mediaConfig(w http.ResponseWriter, r *http.Request, _ *Auth) {
+	RespondJSON(w, http.StatusOK, map[string]int64{"m.upload.size": a.media.MaxBytes()})
+}
+
+func (a *API) upload(w http.ResponseWriter, r *http.Request, au *Auth) {
+	if r.ContentLength > a.media.MaxBytes() {
+		RespondError(w, r, mxerr.TooLarge("upload is larger than %d bytes", a.media.MaxBytes()))
+		return
+	}
+	ct := r.Header.Get("Content-Type")
+	if ct != "" {
+		if _, _, err := mime.ParseMediaType(ct); err != nil {
+			RespondError(w, r, mxerr.InvalidParam("bad Content-Type"))
+			return
+		}
+	}
+	filename := r.URL.Query().Get("filename")
+	uri, err := a.media.Upload(r.Context(), au.User, ct, filename, r.Body)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	RespondJSON(w, http.StatusOK, map[string]string{"content_uri": uri.String()})
+}
+
+func (a *API) download(w http.ResponseWriter, r *http.Request) {
+	a.serveMedia(w, r)
+}
+
+func (a *API) downloadAuthed(w http.ResponseWriter, r *http.Request, _ *Auth) {
+	a.serveMedia(w, r)
+}
+
+// inlineTypes may be shown inline by browsers; everything else is served as an attachment so that a browser
+// never renders uploaded HTML or SVG in our origin.
+var inlineTypes = map[string]bool{
+	"image/png": true, "image/jpeg": true, "image/gif": true, "image/webp": true, "image/apng": true, "image/avif": true,
+	"video/mp4": true, "video/webm": true, "video/ogg": true, "audio/mpeg": true, "audio/ogg": true, "audio/wav": true,
+	"audio/webm": true, "audio/mp4": true, "audio/aac": true, "audio/flac": true, "text/plain": true,
+}
+
+func (a *API) serveMedia(w http.ResponseWriter, r *http.Request) {
+	meta, f, err := a.media.Open(r.Context(), r.PathValue("serverName"), r.PathValue("mediaID"))
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	defer f.Close()
+	name := r.PathValue("fileName")
+	if name == "" {
+		name = meta.Filename
+	}
+	base, _, _ := mime.ParseMediaType(meta.ContentType)
+	disp := "attachment"
+	if inlineTypes[base] {
+		disp = "inline"
+	}
+	if name != "" {
+		disp = mime.FormatMediaType(disp, map[string]string{"filename": name})
+		if disp == "" {
+			disp = "attachment"
+		}
+	}
+	h := w.Header()
+	h.Set("Content-Type", meta.ContentType)
+	h.Set("Content-Disposition", disp)
+	h.Set("Content-Security-Policy", "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; style-src 'unsafe-inline'; object-src 'self';")
+	h.Set("Cross-Origin-Resource-Policy", "cross-origin")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cache-Control", "public, max-age=86400, immutable")
+	h.Set("Content-Length", strconv.FormatInt(meta.Size, 10))
+	http.ServeContent(w, r, "", timeFromMillis(meta.CreatedTS), f)
+}
+
+func (a *API) thumbnail(w http.ResponseWriter, r *http.Request) {
+	RespondError(w, r, mxerr.NotFound("thumbnails are not generated yet"))
+}
+
+func (a *API) thumbnailAuthed(w http.ResponseWriter, r *http.Request, _ *Auth) {
+	a.thumbnail(w, r)
+}

@@ -1,0 +1,821 @@
+package clientapi
+
+import (
+	"context"
+	"encoding/json"
+	"math"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/passerelle/passerelle/homeserver/mxerr"
+	"github.com/passerelle/passerelle/homeserver/rooms"
+	hsync "github.com/passerelle/passerelle/homeserver/sync"
+)
+
+const (
+	// defaultMessagesLimit is the /messages page size when the client gives none (the spec's suggestion).
+	defaultMessagesLimit = 10
+	// maxMessagesLimit caps one /messages page.
+	maxMessagesLimit = 1000
+)
+
+func (a *API) createRoom(w http.ResponseWriter, r *http.Request, au *Auth) {
+	var req mautrix.ReqCreateRoom
+	if err := ReadJSON(r, &req); err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	if req.RoomVersion != "" {
+		if _, ok := supportedRoomVersions[string(req.RoomVersion)]; !ok {
+			RespondError(w, r, mxerr.UnsupportedRoomVersion("room version %q is not supported", req.RoomVersion))
+			return
+		}
+	}
+	if req.Preset != "" && req.Preset != "private_chat" && req.Preset != "public_chat" && req.Preset != "trusted_private_chat" {
+		RespondError(w, r, mxerr.InvalidParam("unknown preset %q", req.Preset))
+		return
+	}
+	if req.Visibility != "" && req.Visibility != "public" && req.Visibility != "private" {
+		RespondError(w, r, mxerr.InvalidParam("unknown visibility %q", req.Visibility))
+		return
+	}
+	for _, u := range req.Invite {
+		if _, _, err := u.ParseAndValidateRelaxed(); err != nil {
+			RespondError(w, r, mxerr.InvalidParam("invalid user ID %q in invite", u))
+			return
+		}
+	}
+	roomID, err := a.rooms.CreateRoom(r.Context(), au.User, &req)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	RespondJSON(w, http.StatusOK, mautrix.RespCreateRoom{RoomID: roomID})
+}
+
+// resolveRoom turns a room ID or an alias of this server into a room ID.
+func (a *API) resolveRoom(ctx context.Context, s string) (id.RoomID, error) {
+	if strings.HasPrefix(s, "#") {
+		alias, err := a.parseAlias(s)
+		if err != nil {
+			return "", err
+		}
+		return a.rooms.ResolveAlias(ctx, alias)
+	}
+	return parseRoomID(s)
+}
+
+func (a *API) parseAlias(s string) (id.RoomAlias, error) {
+	if len(s) < 4 || s[0] != '#' || len(s) > 255 {
+		return "", mxerr.InvalidParam("invalid room alias")
+	}
+	_, server, ok := strings.Cut(s[1:], ":")
+	if !ok || server == "" {
+		return "", mxerr.InvalidParam("invalid room alias")
+	}
+	if server != a.cfg.ServerName {
+		return "", mxerr.NotFound("room alias is on another server (federation is not supported)")
+	}
+	return id.RoomAlias(s), nil
+}
+
+type reasonReq struct {
+	Reason string    `json:"reason"`
+	UserID id.UserID `json:"user_id"`
+}
+
+// profileContent returns the displayname/avatar_url to put in a member event of user.
+func (a *API) profileContent(ctx context.Context, user id.UserID) map[string]any {
+	content := map[string]any{}
+	name, avatar, err := a.users.Profile(ctx, user)
+	if err == nil {
+		if name != "" {
+			content["displayname"] = name
+		}
+		if avatar != "" {
+			content["avatar_url"] = avatar
+		}
+	}
+	return content
+}
+
+func (a *API) join(w http.ResponseWriter, r *http.Request, au *Auth) {
+	target := r.PathValue("roomIDOrAlias")
+	if target == "" {
+		target = r.PathValue("roomID")
+	}
+	var req reasonReq
+	if err := ReadJSON(r, &req); err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	ts, err := eventTS(r, au)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	ctx := r.Context()
+	roomID, err := a.resolveRoom(ctx, target)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	_, err = a.rooms.SetMembership(ctx, rooms.MembershipRequest{
+		RoomID: roomID, Sender: au.User, Target: au.User, Membership: "join", Reason: req.Reason,
+		Content: a.profileContent(ctx, au.User), TS: ts, DeviceID: au.Device,
+	})
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	RespondJSON(w, http.StatusOK, mautrix.RespJoinRoom{RoomID: roomID})
+}
+
+// membershipOf handles invite, kick (membership leave), ban and unban (leave for a banned user).
+func (a *API) membershipOf(action string) authHandler {
+	return func(w http.ResponseWriter, r *http.Request, au *Auth) {
+		roomID, err := pathRoom(r)
+		if err != nil {
+			RespondError(w, r, err)
+			return
+		}
+		var req reasonReq
+		if err := ReadJSON(r, &req); err != nil {
+			RespondError(w, r, err)
+			return
+		}
+		if req.UserID == "" {
+			RespondError(w, r, mxerr.MissingParam("user_id is required"))
+			return
+		}
+		if _, _, err := req.UserID.ParseAndValidateRelaxed(); err != nil {
+			RespondError(w, r, mxerr.InvalidParam("invalid user_id"))
+			return
+		}
+		ts, err := eventTS(r, au)
+		if err != nil {
+			RespondError(w, r, err)
+			return
+		}
+		membership := action
+		var content map[string]any
+		switch action {
+		case "unban":
+			membership = "leave"
+			m, _, err := a.rooms.MembershipOf(r.Context(), roomID, req.UserID)
+			if err != nil {
+				RespondError(w, r, err)
+				return
+			}
+			if m != "ban" {
+				RespondError(w, r, mxerr.Forbidden("%s is not banned", req.UserID))
+				return
+			}
+		case "invite":
+			content = a.profileContent(r.Context(), req.UserID)
+		}
+		_, err = a.rooms.SetMembership(r.Context(), rooms.MembershipRequest{
+			RoomID: roomID, Sender: au.User, Target: req.UserID, Membership: membership, Reason: req.Reason,
+			Content: content, TS: ts, DeviceID: au.Device,
+		})
+		if err != nil {
+			RespondError(w, r, err)
+			return
+		}
+		RespondJSON(w, http.StatusOK, struct{}{})
+	}
+}
+
+func (a *API) leave(w http.ResponseWriter, r *http.Request, au *Auth) {
+	roomID, err := pathRoom(r)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	var req reasonReq
+	if err := ReadJSON(r, &req); err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	ts, err := eventTS(r, au)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	_, err = a.rooms.SetMembership(r.Context(), rooms.MembershipRequest{
+		RoomID: roomID, Sender: au.User, Target: au.User, Membership: "leave", Reason: req.Reason, TS: ts, DeviceID: au.Device,
+	})
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	RespondJSON(w, http.StatusOK, struct{}{})
+}
+
+func (a *API) forget(w http.ResponseWriter, r *http.Request, au *Auth) {
+	roomID, err := pathRoom(r)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	m, _, err := a.rooms.MembershipOf(r.Context(), roomID, au.User)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	if m == "join" || m == "invite" {
+		RespondError(w, r, mxerr.Unknown("leave the room before forgetting it"))
+		return
+	}
+	RespondJSON(w, http.StatusOK, struct{}{})
+}
+
+// readEventContent reads a request body that is an event's content: a JSON object of at most MaxBodyBytes.
+func readEventContent(r *http.Request) (json.RawMessage, error) {
+	data, err := ReadBody(r)
+	if err != nil {
+		return nil, err
+	}
+	var obj map[string]json.RawMessage
+	if err := DecodeJSON(data, &obj); err != nil {
+		return nil, err
+	}
+	if len(data) == 0 {
+		data = []byte("{}")
+	}
+	return json.RawMessage(data), nil
+}
+
+func (a *API) send(w http.ResponseWriter, r *http.Request, au *Auth) {
+	roomID, err := pathRoom(r)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	evType, txnID := r.PathValue("eventType"), r.PathValue("txnID")
+	if evType == "" || len(evType) > 255 {
+		RespondError(w, r, mxerr.InvalidParam("invalid event type"))
+		return
+	}
+	content, err := readEventContent(r)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	ts, err := eventTS(r, au)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	req := rooms.SendRequest{RoomID: roomID, Sender: au.User, Type: evType, Content: content, TS: ts, TxnID: txnID, DeviceID: au.Device}
+	if evType == event.EventRedaction.Type {
+		var c struct {
+			Redacts id.EventID `json:"redacts"`
+		}
+		_ = json.Unmarshal(content, &c)
+		req.Redacts = c.Redacts
+	}
+	ev, err := a.rooms.Send(r.Context(), req)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	RespondJSON(w, http.StatusOK, mautrix.RespSendEvent{EventID: ev.ID})
+}
+
+func (a *API) putState(w http.ResponseWriter, r *http.Request, au *Auth) {
+	roomID, err := pathRoom(r)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	evType, stateKey := r.PathValue("eventType"), r.PathValue("stateKey")
+	content, err := readEventContent(r)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	ts, err := eventTS(r, au)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	ev, err := a.rooms.Send(r.Context(), rooms.SendRequest{
+		RoomID: roomID, Sender: au.User, Type: evType, StateKey: &stateKey, Content: content, TS: ts, DeviceID: au.Device,
+	})
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	RespondJSON(w, http.StatusOK, mautrix.RespSendEvent{EventID: ev.ID})
+}
+
+// readableUpTo returns the newest stream position of room that user may read: everything while joined, up to
+// the leave or ban after having been a member; M_FORBIDDEN otherwise.
+func (a *API) readableUpTo(ctx context.Context, room id.RoomID, user id.UserID) (int64, error) {
+	m, ev, err := a.rooms.MembershipOf(ctx, room, user)
+	if err != nil {
+		if e := mxerr.As(err); e != nil && e.Code == "M_NOT_FOUND" {
+			return 0, mxerr.Forbidden("you are not in this room")
+		}
+		return 0, err
+	}
+	switch m {
+	case "join":
+		return math.MaxInt64, nil
+	case "leave", "ban":
+		if ev != nil {
+			return ev.StreamPos, nil
+		}
+	}
+	return 0, mxerr.Forbidden("you are not in this room")
+}
+
+func (a *API) getState(w http.ResponseWriter, r *http.Request, au *Auth) {
+	roomID, err := pathRoom(r)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	ctx := r.Context()
+	upTo, err := a.readableUpTo(ctx, roomID, au.User)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	evType, stateKey := r.PathValue("eventType"), r.PathValue("stateKey")
+	var ev *rooms.Event
+	if upTo == math.MaxInt64 {
+		ev, err = a.rooms.StateEvent(ctx, roomID, evType, stateKey)
+	} else {
+		ev, err = a.stateEventAt(ctx, roomID, upTo, evType, stateKey)
+	}
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	if r.URL.Query().Get("format") == "event" {
+		writeRaw(w, ev.MarshalClient())
+		return
+	}
+	content := ev.Content
+	if len(content) == 0 {
+		content = json.RawMessage("{}")
+	}
+	writeRaw(w, content)
+}
+
+func (a *API) stateEventAt(ctx context.Context, room id.RoomID, pos int64, evType, stateKey string) (*rooms.Event, error) {
+	state, err := a.rooms.StateAt(ctx, room, pos)
+	if err != nil {
+		return nil, err
+	}
+	for _, ev := range state {
+		if ev.Type == evType && ev.StateKeyString() == stateKey {
+			return ev, nil
+		}
+	}
+	return nil, mxerr.NotFound("state event not found")
+}
+
+func writeRaw(w http.ResponseWriter, raw json.RawMessage) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(raw)
+}
+
+func writeEvents(w http.ResponseWriter, evs []*rooms.Event) {
+	out := make([]json.RawMessage, 0, len(evs))
+	for _, ev := range evs {
+		out = append(out, ev.MarshalClient())
+	}
+	RespondJSON(w, http.StatusOK, out)
+}
+
+func (a *API) allState(w http.ResponseWriter, r *http.Request, au *Auth) {
+	roomID, err := pathRoom(r)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	ctx := r.Context()
+	upTo, err := a.readableUpTo(ctx, roomID, au.User)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	var state []*rooms.Event
+	if upTo == math.MaxInt64 {
+		state, err = a.rooms.CurrentState(ctx, roomID)
+	} else {
+		state, err = a.rooms.StateAt(ctx, roomID, upTo)
+	}
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	writeEvents(w, state)
+}
+
+func (a *API) redact(w http.ResponseWriter, r *http.Request, au *Auth) {
+	roomID, err := pathRoom(r)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	target := id.EventID(r.PathValue("eventID"))
+	if !strings.HasPrefix(string(target), "$") {
+		RespondError(w, r, mxerr.InvalidParam("invalid event ID"))
+		return
+	}
+	var req struct {
+		Reason string `json:"reason"`
+	}
+	data, err := ReadBody(r)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	if err := DecodeJSON(data, &req); err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	content := map[string]any{"redacts": target}
+	if len(data) > 0 {
+		_ = json.Unmarshal(data, &content)
+		content["redacts"] = target
+	}
+	raw, _ := json.Marshal(content)
+	ts, err := eventTS(r, au)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	ev, err := a.rooms.Send(r.Context(), rooms.SendRequest{
+		RoomID: roomID, Sender: au.User, Type: event.EventRedaction.Type, Content: raw, TS: ts,
+		TxnID: r.PathValue("txnID"), DeviceID: au.Device, Redacts: target,
+	})
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	RespondJSON(w, http.StatusOK, mautrix.RespSendEvent{EventID: ev.ID})
+}
+
+func (a *API) getEvent(w http.ResponseWriter, r *http.Request, au *Auth) {
+	roomID, err := pathRoom(r)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	ctx := r.Context()
+	upTo, err := a.readableUpTo(ctx, roomID, au.User)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	ev, err := a.rooms.Event(ctx, id.EventID(r.PathValue("eventID")))
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	if ev.RoomID != roomID || ev.StreamPos > upTo {
+		RespondError(w, r, mxerr.NotFound("event not found"))
+		return
+	}
+	writeRaw(w, ev.MarshalClient())
+}
+
+func (a *API) messages(w http.ResponseWriter, r *http.Request, au *Auth) {
+	roomID, err := pathRoom(r)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	q := r.URL.Query()
+	dir := q.Get("dir")
+	if dir != "b" && dir != "f" {
+		RespondError(w, r, mxerr.InvalidParam("dir must be b or f"))
+		return
+	}
+	limit := defaultMessagesLimit
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 {
+			RespondError(w, r, mxerr.InvalidParam("limit must be a non-negative integer"))
+			return
+		}
+		limit = min(n, maxMessagesLimit)
+	}
+	var filter *mautrix.FilterPart
+	if s := q.Get("filter"); s != "" {
+		filter = new(mautrix.FilterPart)
+		if err := DecodeJSON([]byte(s), filter); err != nil {
+			RespondError(w, r, mxerr.BadJSON("filter is not a valid room event filter"))
+			return
+		}
+	}
+	ctx := r.Context()
+	upTo, err := a.readableUpTo(ctx, roomID, au.User)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	maxPos, err := a.rooms.MaxStreamPos(ctx)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	upTo = min(upTo, maxPos)
+	parse := func(name string) (int64, bool, error) {
+		s := q.Get(name)
+		if s == "" {
+			return 0, false, nil
+		}
+		v, err := hsync.ParseStreamToken(s)
+		if err != nil {
+			return 0, false, mxerr.InvalidParam("bad %s token", name)
+		}
+		return v, true, nil
+	}
+	from, hasFrom, err := parse("from")
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	to, hasTo, err := parse("to")
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	if !hasFrom {
+		if dir == "b" {
+			from = upTo
+		} else {
+			from = 0
+		}
+	}
+	resp := map[string]any{"start": hsync.Token{Events: from}.String(), "chunk": []json.RawMessage{}, "state": []json.RawMessage{}}
+	var evs []*rooms.Event
+	more := false
+	if limit > 0 {
+		if dir == "b" {
+			high := min(from, upTo)
+			low := int64(0)
+			if hasTo {
+				low = to
+			}
+			if high > low {
+				evs, more, err = a.rooms.RoomEventsBetween(ctx, roomID, low, high, limit)
+				if err != nil {
+					RespondError(w, r, err)
+					return
+				}
+				slices.Reverse(evs)
+			}
+		} else {
+			high := upTo
+			if hasTo {
+				high = min(high, to)
+			}
+			if high > from {
+				got, _, err := a.rooms.Messages(ctx, roomID, from, 'f', limit+1)
+				if err != nil {
+					RespondError(w, r, err)
+					return
+				}
+				for _, ev := range got {
+					if ev.StreamPos > from && ev.StreamPos <= high {
+						evs = append(evs, ev)
+					}
+				}
+				slices.SortFunc(evs, func(x, y *rooms.Event) int { return cmpInt(x.StreamPos, y.StreamPos) })
+				if len(evs) > limit {
+					evs, more = evs[:limit], true
+				}
+			}
+		}
+	}
+	chunk := make([]json.RawMessage, 0, len(evs))
+	for _, ev := range evs {
+		if hsync.PartAllows(filter, roomID, ev.Sender, ev.Type) {
+			chunk = append(chunk, ev.MarshalClient())
+		}
+	}
+	resp["chunk"] = chunk
+	if more && len(evs) > 0 {
+		last := evs[len(evs)-1]
+		end := last.StreamPos
+		if dir == "b" {
+			end = last.StreamPos - 1
+		}
+		resp["end"] = hsync.Token{Events: end}.String()
+	}
+	RespondJSON(w, http.StatusOK, resp)
+}
+
+func cmpInt(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func (a *API) members(w http.ResponseWriter, r *http.Request, au *Auth) {
+	roomID, err := pathRoom(r)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	ctx := r.Context()
+	upTo, err := a.readableUpTo(ctx, roomID, au.User)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	var evs []*rooms.Event
+	if upTo == math.MaxInt64 {
+		evs, err = a.rooms.Members(ctx, roomID)
+	} else {
+		var state []*rooms.Event
+		state, err = a.rooms.StateAt(ctx, roomID, upTo)
+		for _, ev := range state {
+			if ev.Type == event.StateMember.Type {
+				evs = append(evs, ev)
+			}
+		}
+	}
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	q := r.URL.Query()
+	want, notWant := q.Get("membership"), q.Get("not_membership")
+	chunk := make([]json.RawMessage, 0, len(evs))
+	for _, ev := range evs {
+		m := ev.Membership()
+		if (want != "" && m != want) || (notWant != "" && m == notWant) {
+			continue
+		}
+		chunk = append(chunk, ev.MarshalClient())
+	}
+	RespondJSON(w, http.StatusOK, map[string]any{"chunk": chunk})
+}
+
+func (a *API) joinedMembers(w http.ResponseWriter, r *http.Request, au *Auth) {
+	roomID, err := pathRoom(r)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	ctx := r.Context()
+	if _, err := a.readableUpTo(ctx, roomID, au.User); err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	evs, err := a.rooms.Members(ctx, roomID)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	joined := map[id.UserID]mautrix.JoinedMember{}
+	for _, ev := range evs {
+		if ev.Membership() != "join" {
+			continue
+		}
+		var c struct {
+			DisplayName string `json:"displayname"`
+			AvatarURL   string `json:"avatar_url"`
+		}
+		_ = json.Unmarshal(ev.Content, &c)
+		joined[id.UserID(ev.StateKeyString())] = mautrix.JoinedMember{DisplayName: c.DisplayName, AvatarURL: c.AvatarURL}
+	}
+	RespondJSON(w, http.StatusOK, mautrix.RespJoinedMembers{Joined: joined})
+}
+
+func (a *API) joinedRooms(w http.ResponseWriter, r *http.Request, au *Auth) {
+	list, err := a.rooms.RoomsForUser(r.Context(), au.User, "join")
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	if list == nil {
+		list = []id.RoomID{}
+	}
+	RespondJSON(w, http.StatusOK, mautrix.RespJoinedRooms{JoinedRooms: list})
+}
+
+func (a *API) getAlias(w http.ResponseWriter, r *http.Request, au *Auth) {
+	alias, err := a.parseAlias(r.PathValue("alias"))
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	roomID, err := a.rooms.ResolveAlias(r.Context(), alias)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	RespondJSON(w, http.StatusOK, map[string]any{"room_id": roomID, "servers": []string{a.cfg.ServerName}})
+}
+
+// checkAliasNamespace refuses to touch an alias that an appservice other than the caller owns exclusively.
+func (a *API) checkAliasNamespace(au *Auth, alias id.RoomAlias) error {
+	if a.as == nil {
+		return nil
+	}
+	if owner := a.as.ExclusiveAliasOwner(alias); owner != nil && owner != au.AS {
+		return mxerr.Exclusive("this alias is reserved by an appservice")
+	}
+	return nil
+}
+
+func (a *API) putAlias(w http.ResponseWriter, r *http.Request, au *Auth) {
+	alias, err := a.parseAlias(r.PathValue("alias"))
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	var req mautrix.ReqAliasCreate
+	if err := ReadJSON(r, &req); err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	if req.RoomID == "" {
+		RespondError(w, r, mxerr.MissingParam("room_id is required"))
+		return
+	}
+	if _, err := parseRoomID(string(req.RoomID)); err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	if err := a.checkAliasNamespace(au, alias); err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	if m, _, err := a.rooms.MembershipOf(r.Context(), req.RoomID, au.User); err != nil || m != "join" {
+		if err != nil && mxerr.As(err) == nil {
+			RespondError(w, r, err)
+			return
+		}
+		RespondError(w, r, mxerr.Forbidden("you are not in this room"))
+		return
+	}
+	if err := a.rooms.SetAlias(r.Context(), alias, req.RoomID, au.User); err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	RespondJSON(w, http.StatusOK, struct{}{})
+}
+
+func (a *API) deleteAlias(w http.ResponseWriter, r *http.Request, au *Auth) {
+	alias, err := a.parseAlias(r.PathValue("alias"))
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	if err := a.checkAliasNamespace(au, alias); err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	if err := a.mayDeleteAlias(r.Context(), au, alias); err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	if err := a.rooms.DeleteAlias(r.Context(), alias); err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	RespondJSON(w, http.StatusOK, struct{}{})
+}
+
+// mayDeleteAlias allows the alias's creator, a server admin, or the appservice that owns the alias namespace.
+func (a *API) mayDeleteAlias(ctx context.Context, au *Auth, alias id.RoomAlias) error {
+	if au.AS != nil && a.as.ExclusiveAliasOwner(alias) == au.AS {
+		return nil
+	}
+	creator, err := a.rooms.AliasCreator(ctx, alias)
+	if err != nil {
+		return err
+	}
+	if creator == au.User {
+		return nil
+	}
+	admin, err := a.users.IsAdmin(ctx, au.User)
+	if err != nil {
+		return err
+	}
+	if !admin {
+		return mxerr.Forbidden("only the alias's creator or an admin may delete it")
+	}
+	return nil
+}

@@ -1,0 +1,234 @@
+package rooms
+
+import (
+	"context"
+	"fmt"
+	"math"
+
+	"maunium.net/go/mautrix/id"
+
+	"github.com/passerelle/passerelle/homeserver/mxerr"
+)
+
+// Event returns one event by ID (redacted content if it was redacted), or mxerr.NotFound.
+func (s *Service) Event(ctx context.Context, eventID id.EventID) (*Event, error) {
+	ev, err := s.queryEvent(ctx, `SELECT `+eventColumns+` FROM rooms_events e WHERE e.event_id = $1`, eventID)
+	if err != nil {
+		return nil, fmt.Errorf("load event %s: %w", eventID, err)
+	}
+	if ev == nil {
+		return nil, mxerr.NotFound("event %s not found", eventID)
+	}
+	return ev, nil
+}
+
+// RoomVersion returns the version of a room, or mxerr.NotFound.
+func (s *Service) RoomVersion(ctx context.Context, roomID id.RoomID) (string, error) {
+	r, err := s.loadRoom(ctx, roomID)
+	if err != nil {
+		return "", err
+	}
+	return r.version, nil
+}
+
+// StateEvent returns the current state event (evType, stateKey) of a room, or mxerr.NotFound.
+func (s *Service) StateEvent(ctx context.Context, roomID id.RoomID, evType, stateKey string) (*Event, error) {
+	ev, err := s.queryEvent(ctx, `SELECT `+eventColumns+` FROM rooms_current_state cs
+		JOIN rooms_events e ON e.event_id = cs.event_id
+		WHERE cs.room_id = $1 AND cs.type = $2 AND cs.state_key = $3`, roomID, evType, stateKey)
+	if err != nil {
+		return nil, fmt.Errorf("load state %s/%s of %s: %w", evType, stateKey, roomID, err)
+	}
+	if ev == nil {
+		return nil, mxerr.NotFound("no %s state with key %q in %s", evType, stateKey, roomID)
+	}
+	return ev, nil
+}
+
+// CurrentState returns every current state event of a room, in stream order. An unknown room gives an empty
+// list.
+func (s *Service) CurrentState(ctx context.Context, roomID id.RoomID) ([]*Event, error) {
+	evs, err := s.queryEvents(ctx, `SELECT `+eventColumns+` FROM rooms_current_state cs
+		JOIN rooms_events e ON e.event_id = cs.event_id
+		WHERE cs.room_id = $1 ORDER BY cs.stream_pos`, roomID)
+	if err != nil {
+		return nil, fmt.Errorf("load current state of %s: %w", roomID, err)
+	}
+	return evs, nil
+}
+
+// MembershipOf returns a user's current membership in a room and its event; "leave" and nil when the user
+// never had one.
+func (s *Service) MembershipOf(ctx context.Context, roomID id.RoomID, userID id.UserID) (string, *Event, error) {
+	ev, err := s.queryEvent(ctx, `SELECT `+eventColumns+` FROM rooms_current_state cs
+		JOIN rooms_events e ON e.event_id = cs.event_id
+		WHERE cs.room_id = $1 AND cs.type = 'm.room.member' AND cs.state_key = $2`, roomID, userID)
+	if err != nil {
+		return "", nil, fmt.Errorf("load membership of %s in %s: %w", userID, roomID, err)
+	}
+	if ev == nil {
+		return memberLeave, nil, nil
+	}
+	return ev.Membership(), ev, nil
+}
+
+// Members returns the current m.room.member events of a room (every membership), in stream order.
+func (s *Service) Members(ctx context.Context, roomID id.RoomID) ([]*Event, error) {
+	evs, err := s.queryEvents(ctx, `SELECT `+eventColumns+` FROM rooms_current_state cs
+		JOIN rooms_events e ON e.event_id = cs.event_id
+		WHERE cs.room_id = $1 AND cs.type = 'm.room.member' ORDER BY cs.stream_pos`, roomID)
+	if err != nil {
+		return nil, fmt.Errorf("load members of %s: %w", roomID, err)
+	}
+	return evs, nil
+}
+
+// JoinedMembers returns the user IDs currently joined to a room.
+func (s *Service) JoinedMembers(ctx context.Context, roomID id.RoomID) ([]id.UserID, error) {
+	rows, err := s.db.Query(ctx, `SELECT state_key FROM rooms_current_state
+		WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'join' ORDER BY stream_pos`, roomID)
+	if err != nil {
+		return nil, fmt.Errorf("load joined members of %s: %w", roomID, err)
+	}
+	defer rows.Close()
+	var out []id.UserID
+	for rows.Next() {
+		var u id.UserID
+		if err = rows.Scan(&u); err != nil {
+			return nil, fmt.Errorf("load joined members of %s: %w", roomID, err)
+		}
+		out = append(out, u)
+	}
+	return out, rows.Err()
+}
+
+// RoomsForUser lists the rooms where the user's current membership is one of memberships (all memberships
+// when none are given), in order of the membership's stream position.
+func (s *Service) RoomsForUser(ctx context.Context, userID id.UserID, memberships ...string) ([]id.RoomID, error) {
+	query := `SELECT room_id, membership FROM rooms_current_state
+		WHERE type = 'm.room.member' AND state_key = $1 ORDER BY stream_pos`
+	rows, err := s.db.Query(ctx, query, userID)
+	if err != nil {
+		return nil, fmt.Errorf("load rooms of %s: %w", userID, err)
+	}
+	defer rows.Close()
+	var out []id.RoomID
+	for rows.Next() {
+		var (
+			roomID id.RoomID
+			m      string
+		)
+		if err = rows.Scan(&roomID, &m); err != nil {
+			return nil, fmt.Errorf("load rooms of %s: %w", userID, err)
+		}
+		if len(memberships) == 0 || contains(memberships, m) {
+			out = append(out, roomID)
+		}
+	}
+	return out, rows.Err()
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Messages paginates a room's timeline by stream token. A token t means "just after the event at stream
+// position t". With dir 'b' it returns up to limit events with position <= from, newest first; with 'f' the
+// events with position > from, oldest first. next is the token to continue from in the same direction, or 0
+// when there is nothing more. Pass MaxStreamPos as from for "the newest events".
+func (s *Service) Messages(ctx context.Context, roomID id.RoomID, from int64, dir byte, limit int) ([]*Event, int64, error) {
+	if limit <= 0 {
+		limit = 10
+	}
+	var (
+		evs []*Event
+		err error
+	)
+	switch dir {
+	case 'b':
+		evs, err = s.queryEvents(ctx, `SELECT `+eventColumns+` FROM rooms_events e
+			WHERE e.room_id = $1 AND e.stream_pos <= $2 ORDER BY e.stream_pos DESC LIMIT $3`, roomID, from, limit+1)
+	case 'f':
+		evs, err = s.queryEvents(ctx, `SELECT `+eventColumns+` FROM rooms_events e
+			WHERE e.room_id = $1 AND e.stream_pos > $2 ORDER BY e.stream_pos LIMIT $3`, roomID, from, limit+1)
+	default:
+		return nil, 0, mxerr.InvalidParam("dir must be b or f")
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("paginate %s: %w", roomID, err)
+	}
+	if len(evs) <= limit {
+		return evs, 0, nil
+	}
+	evs = evs[:limit]
+	last := evs[len(evs)-1].StreamPos
+	if dir == 'b' {
+		return evs, last - 1, nil
+	}
+	return evs, last, nil
+}
+
+// EventsAfter returns up to limit events of every room with stream position > after, in stream order. Writers
+// commit in position order, so a reader never sees position N+1 before N.
+func (s *Service) EventsAfter(ctx context.Context, after int64, limit int) ([]*Event, error) {
+	if limit <= 0 {
+		limit = math.MaxInt32
+	}
+	evs, err := s.queryEvents(ctx, `SELECT `+eventColumns+` FROM rooms_events e
+		WHERE e.stream_pos > $1 ORDER BY e.stream_pos LIMIT $2`, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("load events after %d: %w", after, err)
+	}
+	return evs, nil
+}
+
+// RoomEventsBetween returns the newest limit events of a room with position in (after, upTo], oldest first,
+// and whether older events in that range were left out.
+func (s *Service) RoomEventsBetween(ctx context.Context, roomID id.RoomID, after, upTo int64, limit int) ([]*Event, bool, error) {
+	if limit <= 0 {
+		limit = 10
+	}
+	evs, err := s.queryEvents(ctx, `SELECT `+eventColumns+` FROM rooms_events e
+		WHERE e.room_id = $1 AND e.stream_pos > $2 AND e.stream_pos <= $3
+		ORDER BY e.stream_pos DESC LIMIT $4`, roomID, after, upTo, limit+1)
+	if err != nil {
+		return nil, false, fmt.Errorf("load events of %s: %w", roomID, err)
+	}
+	limited := len(evs) > limit
+	if limited {
+		evs = evs[:limit]
+	}
+	for i, j := 0, len(evs)-1; i < j; i, j = i+1, j-1 {
+		evs[i], evs[j] = evs[j], evs[i]
+	}
+	return evs, limited, nil
+}
+
+// MaxStreamPos returns the newest stream position (0 before the first event).
+func (s *Service) MaxStreamPos(ctx context.Context) (int64, error) {
+	var pos int64
+	if err := s.db.QueryRow(ctx, `SELECT pos FROM rooms_stream WHERE id = 0`).Scan(&pos); err != nil {
+		return 0, fmt.Errorf("load stream position: %w", err)
+	}
+	return pos, nil
+}
+
+// StateAt returns the state of a room just after the event at stream position pos (or, if pos is not an event
+// of that room, after the room's last event before it). History is linear on a single server, so this is the
+// newest state event per (type, state_key) at or before pos.
+func (s *Service) StateAt(ctx context.Context, roomID id.RoomID, pos int64) ([]*Event, error) {
+	evs, err := s.queryEvents(ctx, `SELECT `+eventColumns+` FROM rooms_events e
+		WHERE e.room_id = $1 AND e.state_key IS NOT NULL AND e.stream_pos = (
+			SELECT MAX(e2.stream_pos) FROM rooms_events e2
+			WHERE e2.room_id = e.room_id AND e2.type = e.type AND e2.state_key = e.state_key AND e2.stream_pos <= $2)
+		ORDER BY e.stream_pos`, roomID, pos)
+	if err != nil {
+		return nil, fmt.Errorf("load state of %s at %d: %w", roomID, pos, err)
+	}
+	return evs, nil
+}

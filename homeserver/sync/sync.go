@@ -1,0 +1,475 @@
+// Package sync builds /sync responses: the stream positions every sync token encodes, the notifier that wakes
+// long-polling requests, filters, read receipts (stored) and typing notifications (in memory).
+//
+// It reads rooms and users through their services; it must not import clientapi (the HTTP layer calls it) or
+// any bridge.
+package sync
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	stdsync "sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.mau.fi/util/dbutil"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/passerelle/passerelle/homeserver/mxerr"
+	"github.com/passerelle/passerelle/homeserver/rooms"
+	"github.com/passerelle/passerelle/homeserver/users"
+)
+
+// MaxTimeout caps a long-poll. Clients ask for 30 s; a cap keeps a misbehaving client from pinning a request for
+// hours and stays below common proxy idle timeouts.
+const MaxTimeout = 5 * time.Minute
+
+// Service assembles /sync responses and owns the receipt, typing and filter state.
+type Service struct {
+	db       *dbutil.Database
+	rooms    *rooms.Service
+	users    *users.Service
+	notifier *Notifier
+	typing   *Typing
+	log      zerolog.Logger
+
+	filterMu   stdsync.Mutex
+	receiptMu  stdsync.Mutex
+	receiptPos int64
+}
+
+// New runs the sync migrations on db (version table sync_version) and subscribes to the room event stream.
+func New(ctx context.Context, db *dbutil.Database, rs *rooms.Service, us *users.Service, log zerolog.Logger) (*Service, error) {
+	child := db.Child("sync_version", upgradeTable, dbutil.ZeroLogger(log.With().Str("db_section", "sync").Logger()))
+	if err := child.Upgrade(ctx); err != nil {
+		return nil, fmt.Errorf("upgrade sync database: %w", err)
+	}
+	s := &Service{db: child, rooms: rs, users: us, notifier: NewNotifier(), log: log}
+	s.typing = NewTyping(s.notifier.WakeRoom)
+	if err := s.loadReceiptPos(ctx); err != nil {
+		return nil, err
+	}
+	rs.Subscribe(s.onEvent)
+	return s, nil
+}
+
+func (s *Service) onEvent(ev *rooms.Event) {
+	s.notifier.WakeRoom(ev.RoomID)
+	if ev.Type == event.StateMember.Type && ev.StateKey != nil {
+		s.notifier.WakeUsers(id.UserID(*ev.StateKey))
+	}
+}
+
+// Notifier returns the notifier (for tests and for other streams that want to wake /sync).
+func (s *Service) Notifier() *Notifier { return s.notifier }
+
+// NotifyAccountData wakes the /sync requests of user after its account data changed.
+func (s *Service) NotifyAccountData(user id.UserID) { s.notifier.WakeUsers(user) }
+
+// SetTyping records a typing notification of user in room (see Typing.Set).
+func (s *Service) SetTyping(room id.RoomID, user id.UserID, typing bool, timeout time.Duration) {
+	s.typing.Set(room, user, typing, timeout)
+}
+
+// Request is one /sync call.
+type Request struct {
+	User      id.UserID
+	Device    id.DeviceID
+	Since     string
+	Timeout   time.Duration
+	Filter    *mautrix.Filter
+	FullState bool
+}
+
+// EventList is the {"events": [...]} object that recurs in a sync response.
+type EventList struct {
+	Events []json.RawMessage `json:"events"`
+}
+
+// Timeline is a room's timeline section.
+type Timeline struct {
+	Events    []json.RawMessage `json:"events"`
+	Limited   bool              `json:"limited"`
+	PrevBatch string            `json:"prev_batch,omitempty"`
+}
+
+// UnreadCounts are the notification counts of a joined room (always zero: push rules are not evaluated yet).
+type UnreadCounts struct {
+	Highlight    int `json:"highlight_count"`
+	Notification int `json:"notification_count"`
+}
+
+// JoinedRoom is one entry of rooms.join.
+type JoinedRoom struct {
+	Summary             map[string]any `json:"summary"`
+	State               EventList      `json:"state"`
+	Timeline            Timeline       `json:"timeline"`
+	Ephemeral           EventList      `json:"ephemeral"`
+	AccountData         EventList      `json:"account_data"`
+	UnreadNotifications UnreadCounts   `json:"unread_notifications"`
+}
+
+// InvitedRoom is one entry of rooms.invite.
+type InvitedRoom struct {
+	InviteState EventList `json:"invite_state"`
+}
+
+// LeftRoom is one entry of rooms.leave.
+type LeftRoom struct {
+	State       EventList `json:"state"`
+	Timeline    Timeline  `json:"timeline"`
+	AccountData EventList `json:"account_data"`
+}
+
+// Rooms is the rooms section.
+type Rooms struct {
+	Join   map[id.RoomID]*JoinedRoom  `json:"join"`
+	Invite map[id.RoomID]*InvitedRoom `json:"invite"`
+	Leave  map[id.RoomID]*LeftRoom    `json:"leave"`
+	Knock  map[id.RoomID]any          `json:"knock"`
+}
+
+// Response is a /sync response body.
+type Response struct {
+	NextBatch    string         `json:"next_batch"`
+	AccountData  EventList      `json:"account_data"`
+	Presence     EventList      `json:"presence"`
+	ToDevice     EventList      `json:"to_device"`
+	Rooms        Rooms          `json:"rooms"`
+	DeviceLists  map[string]any `json:"device_lists"`
+	OTKCount     map[string]int `json:"device_one_time_keys_count"`
+	FallbackKeys []string       `json:"device_unused_fallback_key_types"`
+	empty        bool
+}
+
+func newResponse() *Response {
+	return &Response{
+		AccountData: emptyList(), Presence: emptyList(), ToDevice: emptyList(),
+		Rooms: Rooms{
+			Join: map[id.RoomID]*JoinedRoom{}, Invite: map[id.RoomID]*InvitedRoom{},
+			Leave: map[id.RoomID]*LeftRoom{}, Knock: map[id.RoomID]any{},
+		},
+		DeviceLists:  map[string]any{"changed": []string{}, "left": []string{}},
+		OTKCount:     map[string]int{"signed_curve25519": 0},
+		FallbackKeys: []string{},
+	}
+}
+
+func emptyList() EventList { return EventList{Events: []json.RawMessage{}} }
+
+// Sync answers one /sync request: at once if anything is new after req.Since, otherwise after waiting up to
+// req.Timeout for something to happen (the answer is then empty but carries a fresh next_batch).
+func (s *Service) Sync(ctx context.Context, req Request) (*Response, error) {
+	var since Token
+	initial := req.Since == ""
+	if !initial {
+		var err error
+		if since, err = ParseToken(req.Since); err != nil {
+			return nil, mxerr.InvalidParam("bad since token")
+		}
+	}
+	timeout := min(max(req.Timeout, 0), MaxTimeout)
+	deadline := time.Now().Add(timeout)
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		watch, err := s.rooms.RoomsForUser(ctx, req.User, "join", "invite")
+		if err != nil {
+			return nil, fmt.Errorf("list rooms for waiting: %w", err)
+		}
+		l := s.notifier.Listen(req.User, watch)
+		resp, err := s.compute(ctx, req, since, initial)
+		if err != nil || !resp.empty || initial || req.FullState || !time.Now().Before(deadline) {
+			l.Close()
+			return resp, err
+		}
+		select {
+		case <-l.C():
+			l.Close()
+		case <-timer.C:
+			l.Close()
+			// One last look, in case something arrived as the timer fired.
+			return s.compute(ctx, req, since, initial)
+		case <-ctx.Done():
+			l.Close()
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// compute builds the response for everything after since, up to the stream positions read at its start.
+func (s *Service) compute(ctx context.Context, req Request, since Token, initial bool) (*Response, error) {
+	evPos, err := s.rooms.MaxStreamPos(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read event position: %w", err)
+	}
+	adPos, err := s.users.MaxAccountDataPos(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read account data position: %w", err)
+	}
+	next := Token{Events: evPos, AccountData: adPos, Receipts: s.ReceiptPos(), Typing: s.typing.Pos()}
+	resp := newResponse()
+	resp.NextBatch = next.String()
+	f := req.Filter
+	var roomFilter *mautrix.RoomFilter
+	if f != nil {
+		roomFilter = f.Room
+	}
+	part := func(get func(*mautrix.RoomFilter) *mautrix.FilterPart) *mautrix.FilterPart {
+		if roomFilter == nil {
+			return nil
+		}
+		return get(roomFilter)
+	}
+	tlPart := part(func(r *mautrix.RoomFilter) *mautrix.FilterPart { return r.Timeline })
+	statePart := part(func(r *mautrix.RoomFilter) *mautrix.FilterPart { return r.State })
+	ephPart := part(func(r *mautrix.RoomFilter) *mautrix.FilterPart { return r.Ephemeral })
+	radPart := part(func(r *mautrix.RoomFilter) *mautrix.FilterPart { return r.AccountData })
+	limit := TimelineLimit(f)
+
+	// Account data: global into the top level, per room into the room entries below.
+	adItems, err := s.users.AccountDataSince(ctx, req.User, since.AccountData)
+	if err != nil {
+		return nil, fmt.Errorf("read account data: %w", err)
+	}
+	roomAD := map[id.RoomID][]json.RawMessage{}
+	for _, it := range adItems {
+		if it.Pos > adPos {
+			continue
+		}
+		raw := accountDataEvent(it.Type, it.Content)
+		if it.RoomID == "" {
+			if f == nil || PartAllows(f.AccountData, "", "", it.Type) {
+				resp.AccountData.Events = append(resp.AccountData.Events, raw)
+			}
+		} else if PartAllows(radPart, it.RoomID, "", it.Type) {
+			roomAD[it.RoomID] = append(roomAD[it.RoomID], raw)
+		}
+	}
+
+	joined, err := s.rooms.RoomsForUser(ctx, req.User, "join")
+	if err != nil {
+		return nil, fmt.Errorf("list joined rooms: %w", err)
+	}
+	for _, room := range joined {
+		if !RoomAllowed(f, room) {
+			continue
+		}
+		_, memberEv, err := s.rooms.MembershipOf(ctx, room, req.User)
+		if err != nil {
+			return nil, fmt.Errorf("membership in %s: %w", room, err)
+		}
+		newly := initial || req.FullState || (memberEv != nil && memberEv.StreamPos > since.Events)
+		after := since.Events
+		if initial {
+			after = 0
+		}
+		evs, limited, err := s.rooms.RoomEventsBetween(ctx, room, after, evPos, limit)
+		if err != nil {
+			return nil, fmt.Errorf("timeline of %s: %w", room, err)
+		}
+		jr := &JoinedRoom{
+			Summary: map[string]any{}, State: emptyList(), Ephemeral: emptyList(), AccountData: emptyList(),
+			Timeline: Timeline{Events: []json.RawMessage{}, Limited: limited},
+		}
+		jr.Timeline.PrevBatch = prevBatch(evs, evPos)
+		for _, ev := range evs {
+			if PartAllows(tlPart, room, ev.Sender, ev.Type) {
+				jr.Timeline.Events = append(jr.Timeline.Events, ev.MarshalClient())
+			}
+		}
+		if newly || limited {
+			at := evPos
+			if len(evs) > 0 {
+				at = evs[0].StreamPos - 1
+			}
+			state, err := s.rooms.StateAt(ctx, room, at)
+			if err != nil {
+				return nil, fmt.Errorf("state of %s: %w", room, err)
+			}
+			for _, ev := range state {
+				if PartAllows(statePart, room, ev.Sender, ev.Type) {
+					jr.State.Events = append(jr.State.Events, ev.MarshalClient())
+				}
+			}
+		}
+		eph, err := s.ephemeral(ctx, room, req.User, since, next, initial)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range eph {
+			if PartAllows(ephPart, room, "", e.typ) {
+				jr.Ephemeral.Events = append(jr.Ephemeral.Events, e.raw)
+			}
+		}
+		if ad := roomAD[room]; len(ad) > 0 {
+			jr.AccountData.Events = ad
+		}
+		if newly || len(evs) > 0 || len(jr.Ephemeral.Events) > 0 || len(jr.AccountData.Events) > 0 {
+			resp.Rooms.Join[room] = jr
+		}
+	}
+
+	invited, err := s.rooms.RoomsForUser(ctx, req.User, "invite")
+	if err != nil {
+		return nil, fmt.Errorf("list invites: %w", err)
+	}
+	for _, room := range invited {
+		if !RoomAllowed(f, room) {
+			continue
+		}
+		_, memberEv, err := s.rooms.MembershipOf(ctx, room, req.User)
+		if err != nil {
+			return nil, fmt.Errorf("membership in %s: %w", room, err)
+		}
+		if !initial && !req.FullState && memberEv != nil && memberEv.StreamPos <= since.Events {
+			continue
+		}
+		ir, err := s.inviteState(ctx, room, memberEv)
+		if err != nil {
+			return nil, err
+		}
+		resp.Rooms.Invite[room] = ir
+	}
+
+	if !initial || (roomFilter != nil && roomFilter.IncludeLeave) {
+		left, err := s.rooms.RoomsForUser(ctx, req.User, "leave", "ban")
+		if err != nil {
+			return nil, fmt.Errorf("list left rooms: %w", err)
+		}
+		for _, room := range left {
+			if !RoomAllowed(f, room) {
+				continue
+			}
+			_, memberEv, err := s.rooms.MembershipOf(ctx, room, req.User)
+			if err != nil {
+				return nil, fmt.Errorf("membership in %s: %w", room, err)
+			}
+			if memberEv == nil || (!initial && memberEv.StreamPos <= since.Events) {
+				continue
+			}
+			upTo := min(memberEv.StreamPos, evPos)
+			after := since.Events
+			if initial || after > upTo {
+				after = 0
+			}
+			evs, limited, err := s.rooms.RoomEventsBetween(ctx, room, after, upTo, limit)
+			if err != nil {
+				return nil, fmt.Errorf("timeline of left room %s: %w", room, err)
+			}
+			lr := &LeftRoom{State: emptyList(), AccountData: emptyList(),
+				Timeline: Timeline{Events: []json.RawMessage{}, Limited: limited, PrevBatch: prevBatch(evs, upTo)}}
+			for _, ev := range evs {
+				if PartAllows(tlPart, room, ev.Sender, ev.Type) {
+					lr.Timeline.Events = append(lr.Timeline.Events, ev.MarshalClient())
+				}
+			}
+			if len(evs) == 0 || evs[len(evs)-1].ID != memberEv.ID {
+				// The leave itself must reach the client even if it was filtered or past evPos.
+				lr.Timeline.Events = append(lr.Timeline.Events, memberEv.MarshalClient())
+			}
+			resp.Rooms.Leave[room] = lr
+		}
+	}
+
+	resp.empty = len(resp.AccountData.Events) == 0 && len(resp.Rooms.Join) == 0 &&
+		len(resp.Rooms.Invite) == 0 && len(resp.Rooms.Leave) == 0
+	return resp, nil
+}
+
+// prevBatch is the pagination token just before the first timeline event (or at upTo for an empty timeline).
+func prevBatch(evs []*rooms.Event, upTo int64) string {
+	if len(evs) == 0 {
+		return Token{Events: upTo}.String()
+	}
+	return Token{Events: evs[0].StreamPos - 1}.String()
+}
+
+func accountDataEvent(evType string, content json.RawMessage) json.RawMessage {
+	if len(content) == 0 {
+		content = json.RawMessage("{}")
+	}
+	raw, _ := json.Marshal(map[string]any{"type": evType, "content": content})
+	return raw
+}
+
+type ephemeralEvent struct {
+	typ string
+	raw json.RawMessage
+}
+
+// ephemeral returns the typing and receipt events of room for user between since and next.
+func (s *Service) ephemeral(ctx context.Context, room id.RoomID, user id.UserID, since, next Token, initial bool) ([]ephemeralEvent, error) {
+	var out []ephemeralEvent
+	typers, changed := s.typing.Since(room, since.Typing)
+	if (initial && len(typers) > 0) || (!initial && changed) {
+		if typers == nil {
+			typers = []id.UserID{}
+		}
+		raw, _ := json.Marshal(map[string]any{"type": event.EphemeralEventTyping.Type, "content": map[string]any{"user_ids": typers}})
+		out = append(out, ephemeralEvent{typ: event.EphemeralEventTyping.Type, raw: raw})
+	}
+	from := since.Receipts
+	if initial {
+		from = 0
+	}
+	rcpts, err := s.receiptsSince(ctx, room, from, next.Receipts)
+	if err != nil {
+		return nil, err
+	}
+	content := map[id.EventID]map[string]map[id.UserID]map[string]any{}
+	for _, r := range rcpts {
+		if r.Type == string(event.ReceiptTypeReadPrivate) && r.UserID != user {
+			continue
+		}
+		byType := content[r.EventID]
+		if byType == nil {
+			byType = map[string]map[id.UserID]map[string]any{}
+			content[r.EventID] = byType
+		}
+		if byType[r.Type] == nil {
+			byType[r.Type] = map[id.UserID]map[string]any{}
+		}
+		data := map[string]any{"ts": r.TS}
+		if r.ThreadID != "" {
+			data["thread_id"] = r.ThreadID
+		}
+		byType[r.Type][r.UserID] = data
+	}
+	if len(content) > 0 {
+		raw, _ := json.Marshal(map[string]any{"type": event.EphemeralEventReceipt.Type, "content": content})
+		out = append(out, ephemeralEvent{typ: event.EphemeralEventReceipt.Type, raw: raw})
+	}
+	return out, nil
+}
+
+// strippedStateTypes are the state events a user sees about a room they are invited to (spec "stripped state").
+var strippedStateTypes = []string{
+	event.StateCreate.Type, event.StateJoinRules.Type, event.StateRoomName.Type, event.StateRoomAvatar.Type,
+	event.StateCanonicalAlias.Type, event.StateEncryption.Type, event.StateTopic.Type,
+}
+
+func (s *Service) inviteState(ctx context.Context, room id.RoomID, inviteEv *rooms.Event) (*InvitedRoom, error) {
+	state, err := s.rooms.CurrentState(ctx, room)
+	if err != nil {
+		return nil, fmt.Errorf("state of invited room %s: %w", room, err)
+	}
+	ir := &InvitedRoom{InviteState: emptyList()}
+	strip := func(ev *rooms.Event) json.RawMessage {
+		raw, _ := json.Marshal(map[string]any{"type": ev.Type, "state_key": ev.StateKeyString(), "content": ev.Content, "sender": ev.Sender})
+		return raw
+	}
+	for _, ev := range state {
+		if ev.StateKeyString() == "" && slices.Contains(strippedStateTypes, ev.Type) {
+			ir.InviteState.Events = append(ir.InviteState.Events, strip(ev))
+		}
+	}
+	if inviteEv != nil {
+		ir.InviteState.Events = append(ir.InviteState.Events, strip(inviteEv))
+	}
+	return ir, nil
+}

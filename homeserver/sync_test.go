@@ -1,0 +1,281 @@
+package homeserver_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+)
+
+func TestSyncLongPollWakesUp(t *testing.T) {
+	forEachDB(t, func(t *testing.T, e *env) {
+		alice, bob := e.user("alice"), e.user("bob")
+		room, err := alice.CreateRoom(ctx(t), &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bob.JoinRoomByID(ctx(t), room.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		first, err := bob.SyncRequest(ctx(t), 0, "", "", false, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first.Rooms.Join[room.RoomID] == nil {
+			t.Fatalf("initial sync lacks the joined room")
+		}
+		// An idle long-poll returns after its timeout with the same position.
+		start := time.Now()
+		idle, err := bob.SyncRequest(ctx(t), 300, first.NextBatch, "", false, "")
+		if err != nil || time.Since(start) < 250*time.Millisecond || len(idle.Rooms.Join) != 0 {
+			t.Fatalf("idle long-poll: %v after %v, %d rooms", err, time.Since(start), len(idle.Rooms.Join))
+		}
+		// A message wakes a long-poll at once.
+		type result struct {
+			resp *mautrix.RespSync
+			err  error
+			took time.Duration
+		}
+		done := make(chan result, 1)
+		go func() {
+			s := time.Now()
+			resp, err := bob.SyncRequest(ctx(t), 20000, idle.NextBatch, "", false, "")
+			done <- result{resp, err, time.Since(s)}
+		}()
+		time.Sleep(200 * time.Millisecond)
+		sent, err := alice.SendText(ctx(t), room.RoomID, "wake up")
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := <-done
+		if res.err != nil || res.took > 5*time.Second {
+			t.Fatalf("long-poll: %v after %v", res.err, res.took)
+		}
+		tl := res.resp.Rooms.Join[room.RoomID]
+		if tl == nil || len(tl.Timeline.Events) != 1 || tl.Timeline.Events[0].ID != sent.EventID {
+			t.Fatalf("woken sync lacks exactly the new event: %+v", res.resp.Rooms.Join)
+		}
+		// Activity in a room bob is not in does not wake him.
+		other, err := alice.CreateRoom(ctx(t), &mautrix.ReqCreateRoom{Preset: "private_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		start = time.Now()
+		go func() {
+			time.Sleep(100 * time.Millisecond)
+			_, _ = alice.SendText(ctx(t), other.RoomID, "secret")
+		}()
+		quiet, err := bob.SyncRequest(ctx(t), 800, res.resp.NextBatch, "", false, "")
+		if err != nil || len(quiet.Rooms.Join) != 0 || time.Since(start) < 700*time.Millisecond {
+			t.Fatalf("bob woken by a foreign room: %v, %d rooms after %v", err, len(quiet.Rooms.Join), time.Since(start))
+		}
+	})
+}
+
+func TestSyncLimitedTimelineInvitesLeaves(t *testing.T) {
+	forEachDB(t, func(t *testing.T, e *env) {
+		alice, bob := e.user("alice"), e.user("bob")
+		room, err := alice.CreateRoom(ctx(t), &mautrix.ReqCreateRoom{Preset: "private_chat", Name: "Limits"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, since := syncUntil(t, bob, "", func(*mautrix.RespSync) bool { return true })
+		if _, err := alice.InviteUser(ctx(t), room.RoomID, &mautrix.ReqInviteUser{UserID: bob.UserID}); err != nil {
+			t.Fatal(err)
+		}
+		resp, since := syncUntil(t, bob, since, func(r *mautrix.RespSync) bool { return r.Rooms.Invite[room.RoomID] != nil })
+		if len(resp.Rooms.Join) != 0 {
+			t.Fatalf("invited room also under join")
+		}
+		if _, err := bob.JoinRoomByID(ctx(t), room.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		resp, since = syncUntil(t, bob, since, func(r *mautrix.RespSync) bool { return r.Rooms.Join[room.RoomID] != nil })
+		var sawName bool
+		for _, ev := range append(resp.Rooms.Join[room.RoomID].State.Events, resp.Rooms.Join[room.RoomID].Timeline.Events...) {
+			sawName = sawName || ev.Type == event.StateRoomName
+		}
+		if !sawName {
+			t.Fatalf("newly joined room lacks its state")
+		}
+		for i := 0; i < 15; i++ {
+			if _, err := alice.SendText(ctx(t), room.RoomID, fmt.Sprintf("m%d", i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// A stored filter with timeline limit 5.
+		f, err := bob.CreateFilter(ctx(t), &mautrix.Filter{Room: &mautrix.RoomFilter{Timeline: &mautrix.FilterPart{Limit: 5}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		lim, err := bob.SyncRequest(ctx(t), 0, since, f.FilterID, false, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		jr := lim.Rooms.Join[room.RoomID]
+		if jr == nil || !jr.Timeline.Limited || len(jr.Timeline.Events) != 5 || jr.Timeline.PrevBatch == "" {
+			t.Fatalf("limited timeline: %+v", jr)
+		}
+		if jr.Timeline.Events[4].Content.Raw["body"] != "m14" {
+			t.Fatalf("timeline does not end with the newest event")
+		}
+		// prev_batch continues exactly where the timeline starts.
+		page, err := bob.Messages(ctx(t), room.RoomID, jr.Timeline.PrevBatch, "", mautrix.DirectionBackward, nil, 1)
+		if err != nil || len(page.Chunk) != 1 || page.Chunk[0].Content.Raw["body"] != "m9" {
+			t.Fatalf("prev_batch pagination: %+v %v", page, err)
+		}
+		// An inline JSON filter that keeps only m.room.name in state and the timeline.
+		inline, err := bob.FullSyncRequest(ctx(t), mautrix.ReqSync{FilterID: `{"room":{"timeline":{"types":["m.room.topic"]}}}`, Since: since})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if jr := inline.Rooms.Join[room.RoomID]; jr != nil && len(jr.Timeline.Events) != 0 {
+			t.Fatalf("type filter let %d events through", len(jr.Timeline.Events))
+		}
+		since = lim.NextBatch
+		// Leaving shows up under rooms.leave with the leave event.
+		if _, err := alice.KickUser(ctx(t), room.RoomID, &mautrix.ReqKickUser{UserID: bob.UserID}); err != nil {
+			t.Fatal(err)
+		}
+		resp, _ = syncUntil(t, bob, since, func(r *mautrix.RespSync) bool { return r.Rooms.Leave[room.RoomID] != nil })
+		lr := resp.Rooms.Leave[room.RoomID]
+		last := lr.Timeline.Events[len(lr.Timeline.Events)-1]
+		if last.Type != event.StateMember || last.GetStateKey() != string(bob.UserID) || last.Content.AsMember().Membership != event.MembershipLeave {
+			t.Fatalf("leave timeline does not end with the kick: %+v", last)
+		}
+		if resp.Rooms.Join[room.RoomID] != nil {
+			t.Fatal("left room still under join")
+		}
+	})
+}
+
+func TestSyncAccountDataTypingReceipts(t *testing.T) {
+	forEachDB(t, func(t *testing.T, e *env) {
+		alice, bob := e.user("alice"), e.user("bob")
+		room, err := alice.CreateRoom(ctx(t), &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bob.JoinRoomByID(ctx(t), room.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		_, since := syncUntil(t, alice, "", func(*mautrix.RespSync) bool { return true })
+
+		// Global and room account data.
+		if err := alice.SetAccountData(ctx(t), "org.example.prefs", map[string]any{"theme": "dark"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := alice.SetRoomAccountData(ctx(t), room.RoomID, "org.example.room", map[string]any{"pinned": true}); err != nil {
+			t.Fatal(err)
+		}
+		var prefs map[string]any
+		if err := alice.GetAccountData(ctx(t), "org.example.prefs", &prefs); err != nil || prefs["theme"] != "dark" {
+			t.Fatalf("get account data: %v %v", prefs, err)
+		}
+		err = alice.GetAccountData(ctx(t), "org.example.none", &prefs)
+		wantErr(t, err, "M_NOT_FOUND")
+		status, _ := e.do("PUT", "/_matrix/client/v3/user/@alice:localhost/account_data/x", bob.AccessToken, "{}")
+		if status != 403 {
+			t.Fatalf("writing another user's account data: %d", status)
+		}
+		resp, since := syncUntil(t, alice, since, func(r *mautrix.RespSync) bool {
+			jr := r.Rooms.Join[room.RoomID]
+			return len(r.AccountData.Events) > 0 && jr != nil && len(jr.AccountData.Events) > 0
+		})
+		if resp.AccountData.Events[0].Type.Type != "org.example.prefs" {
+			t.Fatalf("global account data: %+v", resp.AccountData.Events)
+		}
+
+		// Typing: bob starts, alice sees him; bob stops, alice sees the empty list.
+		if _, err := bob.UserTyping(ctx(t), room.RoomID, true, 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		typingUsers := func(r *mautrix.RespSync) ([]id.UserID, bool) {
+			jr := r.Rooms.Join[room.RoomID]
+			if jr == nil {
+				return nil, false
+			}
+			for _, ev := range jr.Ephemeral.Events {
+				if ev.Type == event.EphemeralEventTyping {
+					_ = ev.Content.ParseRaw(ev.Type)
+					return ev.Content.AsTyping().UserIDs, true
+				}
+			}
+			return nil, false
+		}
+		resp, since = syncUntil(t, alice, since, func(r *mautrix.RespSync) bool { u, ok := typingUsers(r); return ok && len(u) == 1 })
+		if u, _ := typingUsers(resp); u[0] != bob.UserID {
+			t.Fatalf("typing: %v", u)
+		}
+		if _, err := bob.UserTyping(ctx(t), room.RoomID, false, 0); err != nil {
+			t.Fatal(err)
+		}
+		_, since = syncUntil(t, alice, since, func(r *mautrix.RespSync) bool { u, ok := typingUsers(r); return ok && len(u) == 0 })
+		status, _ = e.do("PUT", "/_matrix/client/v3/rooms/"+string(room.RoomID)+"/typing/@bob:localhost", alice.AccessToken, `{"typing":true}`)
+		if status != 403 {
+			t.Fatalf("typing as someone else: %d", status)
+		}
+
+		// Receipts: public m.read reaches alice, bob's private receipt does not.
+		msg, err := alice.SendText(ctx(t), room.RoomID, "read me")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := bob.SendReceipt(ctx(t), room.RoomID, msg.EventID, event.ReceiptTypeReadPrivate, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := bob.SendReceipt(ctx(t), room.RoomID, msg.EventID, event.ReceiptTypeRead, nil); err != nil {
+			t.Fatal(err)
+		}
+		resp, _ = syncUntil(t, alice, since, func(r *mautrix.RespSync) bool {
+			jr := r.Rooms.Join[room.RoomID]
+			if jr == nil {
+				return false
+			}
+			for _, ev := range jr.Ephemeral.Events {
+				if ev.Type == event.EphemeralEventReceipt {
+					return true
+				}
+			}
+			return false
+		})
+		for _, ev := range resp.Rooms.Join[room.RoomID].Ephemeral.Events {
+			if ev.Type != event.EphemeralEventReceipt {
+				continue
+			}
+			_ = ev.Content.ParseRaw(ev.Type)
+			rc := *ev.Content.AsReceipt()
+			if _, ok := rc[msg.EventID][event.ReceiptTypeRead][bob.UserID]; !ok {
+				t.Fatalf("public receipt missing: %+v", rc)
+			}
+			if _, ok := rc[msg.EventID][event.ReceiptTypeReadPrivate]; ok {
+				t.Fatalf("bob's private receipt leaked to alice: %+v", rc)
+			}
+		}
+		// Read markers set m.fully_read as room account data.
+		if err := bob.SetReadMarkers(ctx(t), room.RoomID, &mautrix.ReqSetReadMarkers{FullyRead: msg.EventID, Read: msg.EventID}); err != nil {
+			t.Fatal(err)
+		}
+		var fr map[string]any
+		status, body := e.do("GET", "/_matrix/client/v3/user/@bob:localhost/rooms/"+string(room.RoomID)+"/account_data/m.fully_read", bob.AccessToken, nil)
+		if status != 200 || body["event_id"] != string(msg.EventID) {
+			t.Fatalf("fully_read: %d %v %v", status, body, fr)
+		}
+		// Push rules and pushers.
+		rules, err := alice.GetPushRules(ctx(t))
+		if err != nil || len(rules.Override) < 5 || len(rules.Underride) < 4 {
+			t.Fatalf("push rules: %+v %v", rules, err)
+		}
+		status, body = e.do("GET", "/_matrix/client/v3/pushers", alice.AccessToken, nil)
+		if status != 200 || len(body["pushers"].([]any)) != 0 {
+			t.Fatalf("pushers: %d %v", status, body)
+		}
+		status, body = e.do("PUT", "/_matrix/client/v3/pushrules/global/override/x", alice.AccessToken, "{}")
+		if status >= 500 || body["errcode"] == nil {
+			t.Fatalf("push rule PUT: %d %v", status, body)
+		}
+	})
+}
