@@ -293,6 +293,7 @@ func BridgeConfig(spec BridgeSpec, serverName string) (*bridgeconfig.Config, err
 	cfg.AppService.ASToken = reg.AppToken
 	cfg.AppService.HSToken = reg.ServerToken
 	cfg.AppService.Bot.Username = reg.SenderLocalpart
+	cfg.AppService.Bot.Displayname = name.DisplayName + " bridge bot"
 	cfg.AppService.EphemeralEvents = false
 	cfg.AppService.AsyncTransactions = false
 	if spec.UsernameTemplate != "" {

@@ -157,7 +157,7 @@ func (a *fakeAS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
 	var txn struct {
 		Events []struct {
-			EventID id.EventID `json:"event_id"`
+			EventID  id.EventID `json:"event_id"`
 			Unsigned struct {
 				Age *int64 `json:"age"`
 			} `json:"unsigned"`
@@ -354,10 +354,11 @@ func TestSenderRetriesAndKeepsOrder(t *testing.T) {
 					seenIDs[a.ID] = true
 				}
 			}
-			st := s.Status()
-			if len(st) != 1 || st[0].PendingTxn != "" || st[0].StreamPos != int64(len(src.events)) || st[0].Failures != 0 {
-				t.Errorf("status after catching up: %+v (stream has %d)", st, len(src.events))
-			}
+			// The appservice has the events slightly before the sender records the acknowledgement.
+			waitFor(t, "the sender to record the last acknowledgement", 5*time.Second, func() bool {
+				st := s.Status()
+				return len(st) == 1 && st[0].PendingTxn == "" && st[0].StreamPos == int64(len(src.events)) && st[0].Failures == 0
+			})
 		})
 	}
 }
@@ -530,5 +531,78 @@ func TestSenderSkipsRegistrationWithoutURL(t *testing.T) {
 	}
 	if len(s.Status()) != 0 {
 		t.Fatalf("a registration without url got a worker: %+v", s.Status())
+	}
+}
+
+// TestSenderStopDuringTransaction stops the sender while the appservice is still holding a PUT: Stop returns
+// promptly, and the next sender resends that very transaction before anything else.
+func TestSenderStopDuringTransaction(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	src := newFakeSource()
+	release := make(chan struct{})
+	var (
+		mu   sync.Mutex
+		seen []string
+	)
+	hanging := true
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		seen = append(seen, r.URL.Path+" "+string(body))
+		hang := hanging
+		mu.Unlock()
+		if hang {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		_, _ = w.Write([]byte("{}"))
+	}))
+	t.Cleanup(func() { close(release); srv.Close() })
+	reg := testReg(t, srv.URL)
+	cfg := configs.Appservices{MaxRetryInterval: 20 * time.Millisecond}
+
+	db1 := openDB(t, configs.Database{Type: "sqlite"}, dir)
+	s1, err := NewSender(t.Context(), db1, src, []*registration.Registration{reg}, srv.Client(), cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s1.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	src.msg("!r:hs", "@bridge_a:hs", "in flight at shutdown")
+	waitFor(t, "the PUT to arrive", 5*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(seen) == 1 })
+	start := time.Now()
+	s1.Stop()
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Stop took %v with a transaction in flight", d)
+	}
+	_ = db1.Close()
+
+	mu.Lock()
+	hanging = false
+	first := seen[0]
+	mu.Unlock()
+	src.msg("!r:hs", "@bridge_a:hs", "after restart")
+	db2 := openDB(t, configs.Database{Type: "sqlite"}, dir)
+	s2, err := NewSender(t.Context(), db2, src, []*registration.Registration{reg}, srv.Client(), cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s2.Stop)
+	waitFor(t, "both transactions", 5*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(seen) >= 3 })
+	mu.Lock()
+	defer mu.Unlock()
+	if seen[1] != first {
+		t.Fatalf("first request after restart was %.80q, want the interrupted transaction %.80q", seen[1], first)
+	}
+	if !strings.Contains(seen[2], "/transactions/2 ") || !strings.Contains(seen[2], "after restart") {
+		t.Fatalf("second request after restart: %.120q", seen[2])
 	}
 }

@@ -300,7 +300,7 @@ func TestMalformedRequests(t *testing.T) {
 		{"room keys", "GET", "/_matrix/client/v3/room_keys/version", alice.AccessToken, nil, 404, "M_UNRECOGNIZED"},
 		{"wrong method", "DELETE", "/_matrix/client/v3/createRoom", alice.AccessToken, nil, 405, "M_UNRECOGNIZED"},
 		{"bad room id", "PUT", "/_matrix/client/v3/rooms/notaroom/send/m.room.message/t4", alice.AccessToken, "{}", 400, "M_INVALID_PARAM"},
-		{"unknown room", "PUT", "/_matrix/client/v3/rooms/!nope:localhost/send/m.room.message/t5", alice.AccessToken, "{}", 403, "M_FORBIDDEN"},
+		{"unknown room", "PUT", "/_matrix/client/v3/rooms/!nope:localhost/send/m.room.message/t5", alice.AccessToken, "{}", 404, "M_NOT_FOUND"},
 		{"bad since", "GET", "/_matrix/client/v3/sync?since=garbage", alice.AccessToken, nil, 400, "M_INVALID_PARAM"},
 		{"bad timeout", "GET", "/_matrix/client/v3/sync?timeout=-5", alice.AccessToken, nil, 400, "M_INVALID_PARAM"},
 		{"bad inline filter", "GET", "/_matrix/client/v3/sync?filter=%7Bnope", alice.AccessToken, nil, 400, "M_BAD_JSON"},

@@ -63,6 +63,32 @@ func TestCreateRoomVariants(t *testing.T) {
 			t.Fatalf("invite_state lacks name or direct invite: %+v", inv.State.Events)
 		}
 
+		// Alias PUT/DELETE: taken aliases are refused, only the creator (or an admin) may delete.
+		status, body = e.do("PUT", "/_matrix/client/v3/directory/room/%23garden:localhost", alice.AccessToken, map[string]any{"room_id": room.RoomID})
+		if status != 200 {
+			t.Fatalf("put alias: %d %v", status, body)
+		}
+		status, body = e.do("PUT", "/_matrix/client/v3/directory/room/%23garden:localhost", alice.AccessToken, map[string]any{"room_id": room.RoomID})
+		if status != 409 && status != 400 || body["errcode"] != "M_ROOM_IN_USE" {
+			t.Fatalf("put taken alias: %d %v", status, body)
+		}
+		status, body = e.do("PUT", "/_matrix/client/v3/directory/room/%23x:localhost", alice.AccessToken, `{}`)
+		if status != 400 || body["errcode"] != "M_MISSING_PARAM" {
+			t.Fatalf("put alias without room: %d %v", status, body)
+		}
+		status, body = e.do("DELETE", "/_matrix/client/v3/directory/room/%23garden:localhost", bob.AccessToken, nil)
+		if status != 403 {
+			t.Fatalf("delete someone else's alias: %d %v", status, body)
+		}
+		status, body = e.do("DELETE", "/_matrix/client/v3/directory/room/%23garden:localhost", alice.AccessToken, nil)
+		if status != 200 {
+			t.Fatalf("delete alias: %d %v", status, body)
+		}
+		status, body = e.do("GET", "/_matrix/client/v3/directory/room/%23garden:localhost", alice.AccessToken, nil)
+		if status != 404 || body["errcode"] != "M_NOT_FOUND" {
+			t.Fatalf("deleted alias still resolves: %d %v", status, body)
+		}
+
 		// Unsupported room version and bad presets are refused with the spec's codes.
 		_, err = alice.CreateRoom(ctx(t), &mautrix.ReqCreateRoom{RoomVersion: "1"})
 		wantErr(t, err, "M_UNSUPPORTED_ROOM_VERSION")
@@ -218,7 +244,7 @@ func TestSendStateRedactMessages(t *testing.T) {
 			t.Fatalf("redacted event still has body: %+v %v", ev.Content.Raw, err)
 		}
 		if ev.Unsigned.RedactedBecause == nil || ev.Unsigned.RedactedBecause.ID != red.EventID {
-			t.Logf("note: redacted_because missing in unsigned: %+v", ev.Unsigned)
+			t.Fatalf("redacted_because missing in unsigned: %+v", ev.Unsigned)
 		}
 
 		// Pagination backwards through everything, then forwards from the start; no gaps, no repeats.
@@ -292,3 +318,51 @@ func TestSendStateRedactMessages(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func TestRoomDirectory(t *testing.T) {
+	forEachDB(t, func(t *testing.T, e *env) {
+		alice, bob := e.user("alice"), e.user("bob")
+		room, err := alice.CreateRoom(ctx(t), &mautrix.ReqCreateRoom{Preset: "public_chat", Visibility: "public",
+			Name: "Town square", Topic: "all welcome", RoomAliasName: "square"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bob.JoinRoomByID(ctx(t), room.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		status, body := e.do("GET", "/_matrix/client/v3/publicRooms", "", nil)
+		chunk, _ := body["chunk"].([]any)
+		if status != 200 || len(chunk) != 1 {
+			t.Fatalf("publicRooms: %d %v", status, body)
+		}
+		entry := chunk[0].(map[string]any)
+		if entry["room_id"] != string(room.RoomID) || entry["name"] != "Town square" || entry["num_joined_members"] != float64(2) ||
+			entry["canonical_alias"] != "#square:localhost" || entry["join_rule"] != "public" {
+			t.Fatalf("directory entry: %v", entry)
+		}
+		status, body = e.do("POST", "/_matrix/client/v3/publicRooms", alice.AccessToken, `{"filter":{"generic_search_term":"nothing like it"}}`)
+		if chunk, _ := body["chunk"].([]any); status != 200 || len(chunk) != 0 {
+			t.Fatalf("search: %d %v", status, body)
+		}
+		status, body = e.do("GET", "/_matrix/client/v3/rooms/"+string(room.RoomID)+"/aliases", bob.AccessToken, nil)
+		if aliases, _ := body["aliases"].([]any); status != 200 || len(aliases) != 1 {
+			t.Fatalf("aliases: %d %v", status, body)
+		}
+		// Bob (power 0) may not unpublish; alice may.
+		path := "/_matrix/client/v3/directory/list/room/" + string(room.RoomID)
+		if status, _ = e.do("PUT", path, bob.AccessToken, `{"visibility":"private"}`); status != 403 {
+			t.Fatalf("bob unpublished: %d", status)
+		}
+		if status, body = e.do("PUT", path, alice.AccessToken, `{"visibility":"private"}`); status != 200 {
+			t.Fatalf("unpublish: %d %v", status, body)
+		}
+		status, body = e.do("GET", path, "", nil)
+		if status != 200 || body["visibility"] != "private" {
+			t.Fatalf("visibility: %d %v", status, body)
+		}
+		_, body = e.do("GET", "/_matrix/client/v3/publicRooms", "", nil)
+		if chunk, _ := body["chunk"].([]any); len(chunk) != 0 {
+			t.Fatalf("unpublished room still listed: %v", body)
+		}
+	})
+}

@@ -134,8 +134,15 @@ func tlsConfig(host string) *tls.Config {
 // ks_c_5601, GB2312...): go-imap's default decoder returns those raw.
 var wordDecoder = &mime.WordDecoder{CharsetReader: charset.Reader}
 
+// dialFunc opens a TCP connection; tests replace it to put a fake or a proxy in between.
+type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
 // dialIMAP connects and logs in. The returned client is authenticated; ctx bounds the whole operation.
 func dialIMAP(ctx context.Context, acct *Account, allowInsecure bool, handler *imapclient.UnilateralDataHandler) (*imapclient.Client, error) {
+	return dialIMAPWith(ctx, nil, acct, allowInsecure, handler)
+}
+
+func dialIMAPWith(ctx context.Context, dial dialFunc, acct *Account, allowInsecure bool, handler *imapclient.UnilateralDataHandler) (*imapclient.Client, error) {
 	srv := acct.IMAP
 	if srv.Security == SecurityNone && !allowInsecure {
 		return nil, fmt.Errorf("IMAP connection to %s refused: security \"none\" sends the password in clear text and allow_insecure is off", srv.Addr())
@@ -145,8 +152,10 @@ func dialIMAP(ctx context.Context, acct *Account, allowInsecure bool, handler *i
 		WordDecoder:           wordDecoder,
 		UnilateralDataHandler: handler,
 	}
-	d := &net.Dialer{Timeout: dialTimeout}
-	conn, err := d.DialContext(ctx, "tcp", srv.Addr())
+	if dial == nil {
+		dial = (&net.Dialer{Timeout: dialTimeout}).DialContext
+	}
+	conn, err := dial(ctx, "tcp", srv.Addr())
 	if err != nil {
 		return nil, fmt.Errorf("IMAP connection to %s failed: %w", srv.Addr(), err)
 	}

@@ -230,8 +230,9 @@ func (cl *Client) chatInfo(meta *PortalMetadata) *bridgev2.ChatInfo {
 	}
 	members := bridgev2.ChatMemberMap{}
 	self := cl.self()
+	// The user: invited (or joined through double puppeting). No Sender, so no ghost of their own address joins.
 	members.Set(bridgev2.ChatMember{
-		EventSender: bridgev2.EventSender{IsFromMe: true, SenderLogin: cl.login.ID, Sender: networkid.UserID(self)},
+		EventSender: bridgev2.EventSender{IsFromMe: true, SenderLogin: cl.login.ID},
 		Membership:  event.MembershipJoin,
 	})
 	for _, p := range meta.Participants {
@@ -256,6 +257,10 @@ func (cl *Client) chatInfo(meta *PortalMetadata) *bridgev2.ChatInfo {
 		Type:    &roomType,
 	}
 }
+
+// handleTimeout bounds the wait for bridgev2 to bridge one mail (room creation plus uploading attachments of up
+// to max_attachment_bytes each); after it the watcher retries, and the Message-ID dedupe absorbs a late success.
+const handleTimeout = 5 * time.Minute
 
 // synthID makes a stable stand-in Message-ID for a mail that has none, from its bytes, so the same mail
 // fetched twice still dedupes.
@@ -327,12 +332,42 @@ func (cl *Client) handleMail(ctx context.Context, m *Mail) error {
 			return cl.convert(ctx, portal, intent, e, msgID, realID)
 		},
 	}
+	// bridgev2 may queue the event for the portal's loop; wait until it was handled and check the message is
+	// stored before the watcher advances its position, so a crash in between cannot lose the mail.
+	handled := make(chan bool, 1)
+	evt.PostHandleFunc = func(ctx context.Context, portal *bridgev2.Portal) {
+		msg, err := portal.Bridge.DB.Message.GetFirstPartByID(ctx, cl.login.ID, networkid.MessageID(msgID))
+		handled <- err == nil && msg != nil
+	}
+	cl.conn.mailsHandled.Add(1)
 	res := cl.login.QueueRemoteEvent(evt)
 	if !res.Success {
 		if res.Error != nil {
 			return fmt.Errorf("queue mail %s: %w", msgID, res.Error)
 		}
 		return fmt.Errorf("queue mail %s failed", msgID)
+	}
+	if res.Queued {
+		t := time.NewTimer(handleTimeout)
+		defer t.Stop()
+		select {
+		case ok := <-handled:
+			if !ok {
+				return fmt.Errorf("mail %s was not stored by the bridge", msgID)
+			}
+		case <-t.C:
+			return fmt.Errorf("mail %s not handled within %s", msgID, handleTimeout)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	} else if !res.Ignored {
+		select {
+		case ok := <-handled:
+			if !ok {
+				return fmt.Errorf("mail %s was not stored by the bridge", msgID)
+			}
+		default:
+		}
 	}
 	if base := msgconv.BaseSubject(e.Subject); base != "" && cl.conn.store != nil {
 		if err := cl.conn.store.SetThreadSubject(ctx, string(cl.login.ID), base, string(portalID)); err != nil {

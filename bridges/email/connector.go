@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.mau.fi/util/configupgrade"
@@ -26,6 +27,9 @@ type Connector struct {
 	// names remembers the display name each correspondent last used in a From/To/Cc header, so ghosts get
 	// named when bridgev2 asks GetUserInfo.
 	names sync.Map // lower-case address → display name
+
+	// mailsHandled counts mails handed to bridgev2 (including duplicates it ignored); tests read it.
+	mailsHandled atomic.Int64
 
 	// watcher timing; zero means the Watcher defaults. Tests shorten them.
 	commandTimeout time.Duration

@@ -1,7 +1,6 @@
 package email
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -129,24 +128,4 @@ func findSentMailbox(c *imapclient.Client) (string, error) {
 	}
 	_ = c.Subscribe("Sent").Wait()
 	return "Sent", nil
-}
-
-// headerValue returns the first value of a header in a raw message (for tests and logging), "" when absent.
-func headerValue(raw []byte, name string) string {
-	end := bytes.Index(raw, []byte("\r\n\r\n"))
-	if end < 0 {
-		end = len(raw)
-	}
-	lines := strings.Split(string(raw[:end]), "\r\n")
-	for i, l := range lines {
-		k, v, ok := strings.Cut(l, ":")
-		if !ok || !strings.EqualFold(strings.TrimSpace(k), name) {
-			continue
-		}
-		for j := i + 1; j < len(lines) && (strings.HasPrefix(lines[j], " ") || strings.HasPrefix(lines[j], "\t")); j++ {
-			v += lines[j]
-		}
-		return strings.TrimSpace(v)
-	}
-	return ""
 }

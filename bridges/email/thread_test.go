@@ -42,6 +42,9 @@ func TestResolveThread(t *testing.T) {
 			Metadata: &PortalMetadata{}}); err != nil {
 			t.Fatal(err)
 		}
+		if err := bdb.Ghost.Insert(ctx, &database.Ghost{BridgeID: "email", ID: "bob@remote.test", Metadata: &struct{}{}}); err != nil {
+			t.Fatal(err)
+		}
 		if err := bdb.Message.Insert(ctx, &database.Message{BridgeID: "email", ID: "mid-5@remote.test", MXID: id.EventID("$e5"),
 			Room: portal, SenderID: "bob@remote.test", Timestamp: time.Now(), Metadata: &struct{}{}}); err != nil {
 			t.Fatal(err)

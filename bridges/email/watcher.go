@@ -75,6 +75,9 @@ type Watcher struct {
 	// Log is the watcher's logger.
 	Log zerolog.Logger
 
+	// dial replaces the TCP dialer (tests).
+	dial dialFunc
+
 	failMu   sync.Mutex
 	failures map[uint32]int
 }
@@ -210,7 +213,7 @@ func (w *Watcher) session(ctx context.Context) (connected bool, err error) {
 		},
 	}
 	dialCtx, cancel := context.WithTimeout(ctx, dialTimeout+w.CommandTimeout)
-	c, err := dialIMAP(dialCtx, w.Account, w.AllowInsecure, handler)
+	c, err := dialIMAPWith(dialCtx, w.dial, w.Account, w.AllowInsecure, handler)
 	cancel()
 	if err != nil {
 		return false, err

@@ -109,6 +109,11 @@ func (a *API) Register(mux *http.ServeMux) {
 		c("GET", "/rooms/{roomID}/joined_members", a.authed(a.joinedMembers))
 		c("GET", "/joined_rooms", a.authed(a.joinedRooms))
 		c("GET", "/directory/room/{alias}", a.authed(a.getAlias))
+		c("GET", "/directory/list/room/{roomID}", a.getVisibility)
+		c("PUT", "/directory/list/room/{roomID}", a.authed(a.putVisibility))
+		c("GET", "/publicRooms", a.publicRooms)
+		c("POST", "/publicRooms", a.authed(func(w http.ResponseWriter, r *http.Request, _ *Auth) { a.publicRooms(w, r) }))
+		c("GET", "/rooms/{roomID}/aliases", a.authed(a.roomAliases))
 		c("PUT", "/directory/room/{alias}", a.authed(a.putAlias))
 		c("DELETE", "/directory/room/{alias}", a.authed(a.deleteAlias))
 
@@ -122,6 +127,7 @@ func (a *API) Register(mux *http.ServeMux) {
 		c("PUT", "/user/{userID}/account_data/{type}", a.authed(a.putAccountData))
 		c("GET", "/user/{userID}/rooms/{roomID}/account_data/{type}", a.authed(a.getAccountData))
 		c("PUT", "/user/{userID}/rooms/{roomID}/account_data/{type}", a.authed(a.putAccountData))
+		c("GET", "/pushrules", a.authed(a.pushRules))
 		c("GET", "/pushrules/{rest...}", a.authed(a.pushRules))
 		c("GET", "/pushers", a.authed(a.pushers))
 	}

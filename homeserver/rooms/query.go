@@ -232,3 +232,76 @@ func (s *Service) StateAt(ctx context.Context, roomID id.RoomID, pos int64) ([]*
 	}
 	return evs, nil
 }
+
+// strippedStateTypes are the state events the spec recommends showing to invitees and knockers.
+var strippedStateTypes = []string{"m.room.create", "m.room.name", "m.room.avatar", "m.room.topic", "m.room.join_rules",
+	"m.room.canonical_alias", "m.room.encryption"}
+
+// InviteState returns the current state events an invitee may see before joining (create, name, avatar,
+// topic, join rules, canonical alias, encryption) plus the member events of user and of the sender of
+// user's invite, for /sync's invite_state. The caller strips them to {type, state_key, sender, content}.
+func (s *Service) InviteState(ctx context.Context, roomID id.RoomID, user id.UserID) ([]*Event, error) {
+	_, own, err := s.MembershipOf(ctx, roomID, user)
+	if err != nil {
+		return nil, err
+	}
+	inviter := user
+	if own != nil {
+		inviter = own.Sender
+	}
+	evs, err := s.queryEvents(ctx, `SELECT `+eventColumns+` FROM rooms_current_state cs
+		JOIN rooms_events e ON e.event_id = cs.event_id
+		WHERE cs.room_id = $1 AND (
+			(cs.state_key = '' AND cs.type IN ($2, $3, $4, $5, $6, $7, $8))
+			OR (cs.type = 'm.room.member' AND cs.state_key IN ($9, $10)))
+		ORDER BY cs.stream_pos`, roomID, strippedStateTypes[0], strippedStateTypes[1], strippedStateTypes[2],
+		strippedStateTypes[3], strippedStateTypes[4], strippedStateTypes[5], strippedStateTypes[6], user, inviter)
+	if err != nil {
+		return nil, fmt.Errorf("load invite state of %s: %w", roomID, err)
+	}
+	return evs, nil
+}
+
+// UserMemberships returns the user's current m.room.member event in every room where the membership is one
+// of memberships (all when none are given), in stream order, with one query: /sync uses it instead of
+// RoomsForUser followed by MembershipOf per room.
+func (s *Service) UserMemberships(ctx context.Context, userID id.UserID, memberships ...string) ([]*Event, error) {
+	evs, err := s.queryEvents(ctx, `SELECT `+eventColumns+` FROM rooms_current_state cs
+		JOIN rooms_events e ON e.event_id = cs.event_id
+		WHERE cs.type = 'm.room.member' AND cs.state_key = $1 ORDER BY cs.stream_pos`, userID)
+	if err != nil {
+		return nil, fmt.Errorf("load memberships of %s: %w", userID, err)
+	}
+	if len(memberships) == 0 {
+		return evs, nil
+	}
+	out := evs[:0]
+	for _, ev := range evs {
+		if contains(memberships, ev.Membership()) {
+			out = append(out, ev)
+		}
+	}
+	return out, nil
+}
+
+// RoomsWithEventsBetween returns which of the user's rooms (any current membership) have events with
+// stream position in (after, upTo], so that an incremental /sync looks only at rooms that changed.
+func (s *Service) RoomsWithEventsBetween(ctx context.Context, userID id.UserID, after, upTo int64) ([]id.RoomID, error) {
+	rows, err := s.db.Query(ctx, `SELECT DISTINCT e.room_id FROM rooms_current_state cs
+		JOIN rooms_events e ON e.room_id = cs.room_id
+		WHERE cs.type = 'm.room.member' AND cs.state_key = $1 AND e.stream_pos > $2 AND e.stream_pos <= $3`,
+		userID, after, upTo)
+	if err != nil {
+		return nil, fmt.Errorf("load changed rooms of %s: %w", userID, err)
+	}
+	defer rows.Close()
+	var out []id.RoomID
+	for rows.Next() {
+		var r id.RoomID
+		if err = rows.Scan(&r); err != nil {
+			return nil, fmt.Errorf("load changed rooms of %s: %w", userID, err)
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}

@@ -85,12 +85,12 @@ func decodeContent(raw json.RawMessage) (map[string]any, error) {
 	if len(raw) == 0 {
 		return map[string]any{}, nil
 	}
+	if !json.Valid(raw) {
+		return nil, mxerr.NotJSON("event content is not valid JSON")
+	}
 	v, err := canonicaljson.Decode(raw)
 	if err != nil {
-		if errors.Is(err, canonicaljson.ErrNotCanonical) {
-			return nil, mxerr.BadJSON("event content: %v", err)
-		}
-		return nil, mxerr.NotJSON("event content is not valid JSON")
+		return nil, mxerr.BadJSON("event content: %v", err)
 	}
 	obj, ok := v.(map[string]any)
 	if !ok {
@@ -155,6 +155,9 @@ func (s *Service) persist(ctx context.Context, room *roomInfo, req SendRequest) 
 		if redactTarget, err = s.Event(ctx, ev.Redacts); err != nil && !errors.Is(err, mxerr.NotFound("")) {
 			return nil, err
 		}
+	}
+	if ev.Content, err = canonicaljson.Encode(content); err != nil {
+		return nil, mxerr.BadJSON("event content: %v", err)
 	}
 	if err = authorize(room.version, ev, content, st, redactTarget); err != nil {
 		return nil, err

@@ -115,6 +115,27 @@ func (s *Service) receiptsSince(ctx context.Context, room id.RoomID, since, upTo
 	return out, rows.Err()
 }
 
+// receiptRooms returns the rooms with a receipt stream position in (since, upTo].
+func (s *Service) receiptRooms(ctx context.Context, since, upTo int64) (map[id.RoomID]bool, error) {
+	out := map[id.RoomID]bool{}
+	if upTo <= since {
+		return out, nil
+	}
+	rows, err := s.db.Query(ctx, `SELECT DISTINCT room_id FROM sync_receipts WHERE pos>$1 AND pos<=$2`, since, upTo)
+	if err != nil {
+		return nil, fmt.Errorf("query receipt rooms: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var r id.RoomID
+		if err := rows.Scan(&r); err != nil {
+			return nil, fmt.Errorf("scan receipt room: %w", err)
+		}
+		out[r] = true
+	}
+	return out, rows.Err()
+}
+
 func (s *Service) loadReceiptPos(ctx context.Context) error {
 	err := s.db.QueryRow(ctx, `SELECT COALESCE(MAX(pos), 0) FROM sync_receipts`).Scan(&s.receiptPos)
 	if err != nil {

@@ -28,6 +28,10 @@ import (
 // hours and stays below common proxy idle timeouts.
 const MaxTimeout = 5 * time.Minute
 
+// changedRoomsScan is how many events after the since position an incremental sync scans to learn which rooms
+// changed; a bigger gap falls back to looking at every room of the user.
+const changedRoomsScan = 500
+
 // Service assembles /sync responses and owns the receipt, typing and filter state.
 type Service struct {
 	db       *dbutil.Database
@@ -251,6 +255,26 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 		}
 	}
 
+	// On an incremental sync, find the rooms that changed at all so that unchanged rooms cost no queries.
+	// changed == nil means "unknown: look at every room" (initial sync, full_state, or a large gap).
+	var changed, rcptRooms map[id.RoomID]bool
+	if !initial && !req.FullState {
+		evs, err := s.rooms.EventsAfter(ctx, since.Events, changedRoomsScan)
+		if err != nil {
+			return nil, fmt.Errorf("scan changed rooms: %w", err)
+		}
+		if len(evs) < changedRoomsScan {
+			changed = make(map[id.RoomID]bool, len(evs))
+			for _, ev := range evs {
+				changed[ev.RoomID] = true
+			}
+		}
+		if rcptRooms, err = s.receiptRooms(ctx, since.Receipts, next.Receipts); err != nil {
+			return nil, err
+		}
+	}
+	unchanged := func(room id.RoomID) bool { return changed != nil && !changed[room] }
+
 	joined, err := s.rooms.RoomsForUser(ctx, req.User, "join")
 	if err != nil {
 		return nil, fmt.Errorf("list joined rooms: %w", err)
@@ -258,6 +282,12 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 	for _, room := range joined {
 		if !RoomAllowed(f, room) {
 			continue
+		}
+		if unchanged(room) {
+			// No new events: only ephemeral events and account data can be new here.
+			if _, typingChanged := s.typing.Since(room, since.Typing); !typingChanged && !rcptRooms[room] && len(roomAD[room]) == 0 {
+				continue
+			}
 		}
 		_, memberEv, err := s.rooms.MembershipOf(ctx, room, req.User)
 		if err != nil {
@@ -319,7 +349,7 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 		return nil, fmt.Errorf("list invites: %w", err)
 	}
 	for _, room := range invited {
-		if !RoomAllowed(f, room) {
+		if !RoomAllowed(f, room) || unchanged(room) {
 			continue
 		}
 		_, memberEv, err := s.rooms.MembershipOf(ctx, room, req.User)
@@ -342,7 +372,7 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 			return nil, fmt.Errorf("list left rooms: %w", err)
 		}
 		for _, room := range left {
-			if !RoomAllowed(f, room) {
+			if !RoomAllowed(f, room) || unchanged(room) {
 				continue
 			}
 			_, memberEv, err := s.rooms.MembershipOf(ctx, room, req.User)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/gogs/chardet"
 	"golang.org/x/text/encoding"
 	"golang.org/x/text/encoding/charmap"
 	"golang.org/x/text/encoding/htmlindex"
@@ -51,6 +52,40 @@ func toUTF8(charset string, b []byte) (string, bool) {
 	}
 	if utf8.Valid(b) {
 		return string(b), known
+	}
+	out, _ := charmap.Windows1252.NewDecoder().Bytes(b)
+	return string(out), false
+}
+
+// minDetectBytes is the least text worth guessing a charset from; shorter
+// samples give the detector too little to go on.
+const minDetectBytes = 64
+
+// bodyToUTF8 is toUTF8 for message bodies: when the declared charset does
+// not fit the bytes (or none is declared) and they are not UTF-8 either, the
+// charset is guessed from the content before falling back to Windows-1252.
+func bodyToUTF8(charset string, b []byte) (string, bool) {
+	enc, known := lookupCharset(charset)
+	if known && enc != nil {
+		if out, err := enc.NewDecoder().Bytes(b); err == nil {
+			return strings.ToValidUTF8(string(out), "\uFFFD"), true
+		}
+	}
+	if utf8.Valid(b) {
+		return string(b), known
+	}
+	if len(b) >= minDetectBytes {
+		sample := b
+		if len(sample) > 64<<10 {
+			sample = sample[:64<<10]
+		}
+		if r, err := chardet.NewTextDetector().DetectBest(sample); err == nil && r.Confidence >= 50 {
+			if enc, ok := lookupCharset(r.Charset); ok && enc != nil {
+				if out, err := enc.NewDecoder().Bytes(b); err == nil {
+					return strings.ToValidUTF8(string(out), "\uFFFD"), false
+				}
+			}
+		}
 	}
 	out, _ := charmap.Windows1252.NewDecoder().Bytes(b)
 	return string(out), false

@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"mime"
 	"mime/quotedprintable"
 	"net/mail"
 	"regexp"
@@ -178,7 +177,7 @@ func checkOutgoing(o *Outgoing) error {
 	return nil
 }
 
-var addrSpecRe = regexp.MustCompile(`^[^\s<>()\[\]\\,;:@"]+@[^\s<>()\[\]\\,;:@"]+$`)
+var addrSpecRe = regexp.MustCompile(`^[^\s\x00-\x1f\x7f<>()\[\]\\,;:@"]+@[^\s\x00-\x1f\x7f<>()\[\]\\,;:@"]+$`)
 
 func validAddrSpec(s string) bool {
 	return len(s) <= 254 && utf8.ValidString(s) && addrSpecRe.MatchString(s)
@@ -225,6 +224,9 @@ func randomHex(n int) string {
 
 // formatAddress renders one mailbox, encoding a non-ASCII display name.
 func formatAddress(a Address) string {
+	if a.Name != "" && !isPrintableASCII(a.Name) {
+		return encodeWords(a.Name) + " <" + a.Email + ">"
+	}
 	return (&mail.Address{Name: a.Name, Address: a.Email}).String()
 }
 
@@ -236,22 +238,59 @@ func formatAddressList(list []Address) string {
 	return strings.Join(parts, ", ")
 }
 
-// encodeText encodes unstructured header text: as is when printable ASCII,
-// otherwise as UTF-8 encoded words (Q for mostly-Latin text, B otherwise).
-func encodeText(s string) string {
-	ascii := 0
+func isPrintableASCII(s string) bool {
 	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x20 && s[i] < 0x7f {
-			ascii++
+		if s[i] < 0x20 || s[i] >= 0x7f {
+			return false
 		}
 	}
-	if ascii == len(s) && !strings.Contains(s, "=?") {
+	return true
+}
+
+// encodeText encodes unstructured header text: as is when printable ASCII,
+// otherwise as UTF-8 encoded words.
+func encodeText(s string) string {
+	if isPrintableASCII(s) && !strings.Contains(s, "=?") {
 		return s
 	}
-	if ascii*3 >= len(s)*2 {
-		return mime.QEncoding.Encode("utf-8", s)
+	return encodeWords(s)
+}
+
+// maxWordLen keeps each encoded word short enough that "Subject: " plus one
+// word fits a 78-character line; words are separated by spaces so the
+// header folds between them (RFC 2047 section 2 limits words to 75).
+const maxWordLen = 60
+
+// encodeWords renders s as Q-encoded UTF-8 words, never splitting a
+// character between two words.
+func encodeWords(s string) string {
+	const prefix, suffix = "=?utf-8?q?", "?="
+	var words []string
+	var cur strings.Builder
+	for _, r := range strings.ToValidUTF8(s, "\uFFFD") {
+		var enc string
+		switch {
+		case r == ' ':
+			enc = "_"
+		case r < 0x80 && r > 0x20 && (r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("!*+-/", r)):
+			enc = string(r)
+		default:
+			var buf [4]byte
+			n := utf8.EncodeRune(buf[:], r)
+			for _, c := range buf[:n] {
+				enc += fmt.Sprintf("=%02X", c)
+			}
+		}
+		if cur.Len()+len(enc) > maxWordLen-len(prefix)-len(suffix) {
+			words = append(words, prefix+cur.String()+suffix)
+			cur.Reset()
+		}
+		cur.WriteString(enc)
 	}
-	return mime.BEncoding.Encode("utf-8", s)
+	if cur.Len() > 0 || len(words) == 0 {
+		words = append(words, prefix+cur.String()+suffix)
+	}
+	return strings.Join(words, " ")
 }
 
 // writeField writes "Name: value" folded at white space to lines of at

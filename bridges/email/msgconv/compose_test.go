@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/mail"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -287,7 +288,7 @@ func TestComposeTrimsLongReferences(t *testing.T) {
 	o := baseOutgoing()
 	o.References = nil
 	for i := 0; i < 100; i++ {
-		o.References = append(o.References, "ref"+strconvI(i)+"@example.com")
+		o.References = append(o.References, "ref"+strconv.Itoa(i)+"@example.com")
 	}
 	msg, err := Compose(o)
 	if err != nil {
@@ -298,8 +299,6 @@ func TestComposeTrimsLongReferences(t *testing.T) {
 		t.Errorf("References = %v", e.References)
 	}
 }
-
-func strconvI(i int) string { return string(rune('0'+i/10)) + string(rune('0'+i%10)) }
 
 func TestMessageIDFor(t *testing.T) {
 	t.Parallel()

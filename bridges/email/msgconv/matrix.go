@@ -41,7 +41,9 @@ const DefaultMaxBodyBytes = 24 * 1024
 // Part IDs used in the converted message; stable so edits and redactions can
 // address the parts.
 const (
-	PartText    networkid.PartID = ""
+	// PartText is the ID of the text part (the default part in bridgev2).
+	PartText networkid.PartID = ""
+	// PartDropped is the ID of the notice listing attachments not bridged.
 	PartDropped networkid.PartID = "dropped"
 )
 

@@ -254,6 +254,10 @@ func (p *parser) leaf(h header, ct string, params map[string]string, disp, filen
 	isBody := disp != "attachment" && filename == "" &&
 		(ct == "text/plain" || ct == "text/html")
 	if isBody {
+		if cte == "base64" && notBase64(body) {
+			p.problem("%s body declared base64 but is plain text", ct)
+			cte = "8bit"
+		}
 		data := p.decodeAll(cte, body)
 		charset := params["charset"]
 		if ct == "text/html" && charset == "" && !utf8.Valid(data) {
@@ -261,7 +265,7 @@ func (p *parser) leaf(h header, ct string, params map[string]string, disp, filen
 			// copy templates' meta tags without converting the text.
 			charset = metaCharset(data)
 		}
-		txt, ok := toUTF8(charset, data)
+		txt, ok := bodyToUTF8(charset, data)
 		if !ok {
 			p.problem("%s body: unknown charset %q or bytes invalid in it; decoded as well as possible", ct, truncate(charset, 30))
 		}
@@ -323,6 +327,19 @@ func (p *parser) leaf(h header, ct string, params map[string]string, disp, filen
 		}
 	}
 	return collected{atts: []Attachment{att}}
+}
+
+// notBase64 reports whether a body declared base64 is evidently text:
+// base64 lines never contain white space between characters.
+func notBase64(body []byte) bool {
+	for pos := 0; pos < len(body) && pos < 4096; {
+		line, next := nextLine(body, pos)
+		if bytes.ContainsAny(bytes.TrimSpace(line), " \t") {
+			return true
+		}
+		pos = next
+	}
+	return false
 }
 
 // decodeAll decodes a body part completely (used for text bodies, bounded

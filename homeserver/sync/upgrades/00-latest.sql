@@ -17,3 +17,4 @@ CREATE TABLE sync_receipts (
 	PRIMARY KEY (room_id, user_id, receipt_type, thread_id)
 );
 CREATE INDEX sync_receipts_room_pos_idx ON sync_receipts (room_id, pos);
+CREATE INDEX sync_receipts_pos_idx ON sync_receipts (pos);

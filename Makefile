@@ -1,0 +1,42 @@
+# Passerelle. cgo is required (SQLite, and bridgev2's encryption support) and the goolm tag always set.
+GO          ?= go
+TAGS        := goolm
+BIN         := bin/passerelle
+CONFIG      ?= ./data/passerelle.yaml
+# go test's per-binary timeout; the whole suite takes well under 15 minutes on 2 cores.
+TEST_TIMEOUT ?= 14m
+VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
+export CGO_ENABLED := 1
+
+.PHONY: all build run test test-deps vet fuzz-smoke clean
+
+all: build
+
+## build: compile bin/passerelle
+build:
+	$(GO) build -tags $(TAGS) -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/passerelle
+
+## run: build, then serve on http://127.0.0.1:8008 (writes ./data/passerelle.yaml on first start)
+run: build
+	./$(BIN) serve -c $(CONFIG)
+
+## test-deps: install PostgreSQL, Dovecot and Postfix from packages when missing
+test-deps:
+	./scripts/install-test-deps.sh
+
+## vet: go vet every package
+vet:
+	$(GO) vet -tags $(TAGS) ./...
+
+## test: install test servers, vet, run every test against real servers (never skipping them)
+test: test-deps vet
+	PASSERELLE_REQUIRE_SERVERS=1 $(GO) test -tags $(TAGS) -timeout $(TEST_TIMEOUT) ./...
+
+## fuzz-smoke: run each fuzz target briefly (FUZZTIME=10s)
+fuzz-smoke:
+	./scripts/fuzz-smoke.sh
+
+## clean: remove build output (not ./data)
+clean:
+	rm -rf bin
