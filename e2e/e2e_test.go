@@ -376,7 +376,23 @@ func (s *syncer) wait(what string, match func(id.RoomID, *event.Event) bool) (id
 			for _, e := range s.all[max(0, len(s.all)-15):] {
 				last = append(last, fmt.Sprintf("%s %s %s %s", e.room, e.evt.Sender, e.evt.Type.Type, string(e.evt.Content.VeryRaw)))
 			}
-			s.t.Fatalf("waited %s for %s; last events:\n%s", waitTimeout, what, strings.Join(last, "\n"))
+			// What the server has, as opposed to what /sync delivered, tells a sync bug from a bridge bug.
+			rooms := map[id.RoomID]bool{}
+			for _, e := range s.all[max(0, len(s.all)-15):] {
+				rooms[e.room] = true
+			}
+			for room := range rooms {
+				resp, err := s.cli.Messages(s.t.Context(), room, "", "", mautrix.DirectionBackward, nil, 30)
+				if err != nil {
+					last = append(last, fmt.Sprintf("/messages %s: %v", room, err))
+					continue
+				}
+				last = append(last, fmt.Sprintf("/messages %s (newest first):", room))
+				for _, e := range resp.Chunk {
+					last = append(last, fmt.Sprintf("  %s %s %s", e.Sender, e.Type.Type, string(e.Content.VeryRaw)))
+				}
+			}
+			s.t.Fatalf("waited %s for %s; last events from /sync:\n%s", waitTimeout, what, strings.Join(last, "\n"))
 		}
 		s.syncOnce(2000)
 	}

@@ -26,7 +26,7 @@ func TestMain(m *testing.M) { testenv.Main(m) }
 
 // env is one homeserver under test behind an httptest server.
 type env struct {
-	t   *testing.T
+	t   testing.TB
 	cfg *configs.Config
 	hs  *homeserver.Server
 	srv *httptest.Server
@@ -49,7 +49,7 @@ func forEachDB(t *testing.T, fn func(t *testing.T, e *env), regs ...func() []*re
 	}
 }
 
-func newEnv(t *testing.T, kind string, regs []*registration.Registration, asClient *http.Client) *env {
+func newEnv(t testing.TB, kind string, regs []*registration.Registration, asClient *http.Client) *env {
 	t.Helper()
 	cfg := configs.Default()
 	cfg.Server.DataDir = t.TempDir()
@@ -63,9 +63,9 @@ func newEnv(t *testing.T, kind string, regs []*registration.Registration, asClie
 	return newEnvWith(t, cfg, regs, asClient)
 }
 
-func newEnvFromConfig(t *testing.T, cfg *configs.Config) *env { return newEnvWith(t, cfg, nil, nil) }
+func newEnvFromConfig(t testing.TB, cfg *configs.Config) *env { return newEnvWith(t, cfg, nil, nil) }
 
-func newEnvWith(t *testing.T, cfg *configs.Config, regs []*registration.Registration, asClient *http.Client) *env {
+func newEnvWith(t testing.TB, cfg *configs.Config, regs []*registration.Registration, asClient *http.Client) *env {
 	t.Helper()
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 	hs, err := homeserver.New(t.Context(), cfg, homeserver.Options{Appservices: regs, ASClient: asClient, Log: log})
@@ -172,6 +172,6 @@ func syncUntil(t *testing.T, cli *mautrix.Client, since string, cond func(*mautr
 	return nil, ""
 }
 
-func ctx(t *testing.T) context.Context { return t.Context() }
+func ctx(t testing.TB) context.Context { return t.Context() }
 
 var _ = id.UserID("")

@@ -154,8 +154,15 @@ func (s *Server) Appservices() *registration.Set { return s.as }
 // DB returns the homeserver database.
 func (s *Server) DB() *dbutil.Database { return s.db }
 
-// Close closes the database if New opened it.
+// BeginShutdown makes waiting /sync long-polls answer at once (and new ones not wait). Register it with
+// http.Server.RegisterOnShutdown so that Shutdown does not wait for long-polls to time out.
+func (s *Server) BeginShutdown() { s.sync.StopWaiting() }
+
+// Close ends long-polls and closes the database if New opened it.
 func (s *Server) Close() {
+	if s.sync != nil {
+		s.sync.StopWaiting()
+	}
 	if s.ownDB && s.db != nil {
 		_ = s.db.Close()
 	}

@@ -98,6 +98,7 @@ func New(ctx context.Context, cfg *configs.Config, log zerolog.Logger) (*Hub, er
 		hs.Close()
 		return nil, err
 	}
+	h.mountAdmin()
 	h.host = appservice.NewHost(appservice.HostConfig{
 		ServerName: cfg.Server.ServerName,
 		Transport:  h.transport,
@@ -170,7 +171,7 @@ func (h *Hub) Ready() <-chan struct{} { return h.ready }
 func (h *Hub) Run(ctx context.Context) error {
 	ln, err := net.Listen("tcp", h.cfg.Server.Listen)
 	if err != nil {
-		h.hs.Close()
+		h.Close()
 		return fmt.Errorf("listen on %s: %w", h.cfg.Server.Listen, err)
 	}
 	return h.Serve(ctx, ln)
@@ -194,6 +195,7 @@ func (h *Hub) Serve(ctx context.Context, ln net.Listener) error {
 
 	if err := h.sender.Start(ctx); err != nil {
 		_ = srv.Close()
+		h.host.Stop()
 		return fmt.Errorf("start appservice sender: %w", err)
 	}
 	if err := h.host.Start(ctx); err != nil {

@@ -2,8 +2,10 @@ package hub
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -297,5 +299,50 @@ func TestExclusiveNamespace(t *testing.T) {
 	})
 	if !errors.Is(err, mautrix.MExclusive) {
 		t.Fatalf("registering in the bridge namespace: got %v, want M_EXCLUSIVE", err)
+	}
+}
+
+// TestStatusEndpoint: the bridge and queue status is for server admins only.
+func TestStatusEndpoint(t *testing.T) {
+	cfg := testConfig(t)
+	rh := startHub(t, cfg)
+	ctx := t.Context()
+	us := rh.Homeserver().Users()
+	get := func(token string) (int, StatusResponse) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, rh.URL+StatusPath, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body StatusResponse
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		return resp.StatusCode, body
+	}
+	if code, _ := get(""); code != http.StatusUnauthorized {
+		t.Errorf("no token: HTTP %d", code)
+	}
+	if code, _ := get("nonsense"); code != http.StatusUnauthorized {
+		t.Errorf("bad token: HTTP %d", code)
+	}
+	plain := newUser(t, rh, "plain")
+	if code, _ := get(plain.AccessToken); code != http.StatusForbidden {
+		t.Errorf("non-admin: HTTP %d", code)
+	}
+	adminID, err := us.Register(ctx, "root", "long enough password", users.RegisterOpts{Admin: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, tok, err := us.NewDevice(ctx, adminID, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, st := get(tok)
+	if code != http.StatusOK || len(st.Bridges) != 1 || st.Bridges[0].ID != EmailBridgeID ||
+		st.Bridges[0].State != appservice.StateRunning || len(st.Appservices) != 1 {
+		t.Errorf("admin: HTTP %d %+v", code, st)
 	}
 }

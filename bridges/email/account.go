@@ -3,12 +3,14 @@ package email
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"mime"
 	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -126,8 +128,11 @@ func domainOf(address string) string {
 	return ""
 }
 
+// tlsRoots overrides the system's CA pool when set; only tests set it (to trust their own certificate).
+var tlsRoots atomic.Pointer[x509.CertPool]
+
 func tlsConfig(host string) *tls.Config {
-	return &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
+	return &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12, RootCAs: tlsRoots.Load()}
 }
 
 // wordDecoder decodes RFC 2047 words in IMAP envelope data with every charset go-message knows (ISO-2022-JP,
@@ -234,9 +239,13 @@ func dialSMTP(ctx context.Context, acct *Account, allowInsecure bool) (*smtp.Cli
 		c = smtp.NewClient(conn)
 	}
 	c.CommandTimeout = defaultCommandTimeout
-	if err := c.Hello(heloName(acct.Address)); err != nil {
-		_ = c.Close()
-		return nil, fmt.Errorf("SMTP greeting from %s: %w", srv.Addr(), err)
+	// go-smtp's STARTTLS path has already said EHLO (as "localhost") before the upgrade; Hello is only allowed
+	// before that.
+	if srv.Security != SecurityStartTLS {
+		if err := c.Hello(heloName(acct.Address)); err != nil {
+			_ = c.Close()
+			return nil, fmt.Errorf("SMTP greeting from %s: %w", srv.Addr(), err)
+		}
 	}
 	if ok, _ := c.Extension("AUTH"); ok {
 		if err := c.Auth(sasl.NewPlainClient("", acct.Username, acct.Password)); err != nil {

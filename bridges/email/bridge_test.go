@@ -133,7 +133,13 @@ func TestBridgeMailThreadsToPortalsAndBack(t *testing.T) {
 		room = r.ID
 		return true
 	}) {
-		for _, r := range tb.fm.rooms { t.Logf("room %+v", *r) }; for _, m := range tb.fm.msgs { t.Logf("msg %+v %+v", m, m.Content) }; t.Fatal("no portal room with the thread subject")
+		for _, r := range tb.fm.rooms {
+			t.Logf("room %+v", *r)
+		}
+		for _, m := range tb.fm.msgs {
+			t.Logf("msg %+v %+v", m, m.Content)
+		}
+		t.Fatal("no portal room with the thread subject")
 	}
 	bobGhost := tb.fm.FormatGhostMXID(networkid.UserID(bob))
 	tb.fm.mu.Lock()
@@ -208,6 +214,45 @@ func TestBridgeMailThreadsToPortalsAndBack(t *testing.T) {
 		t.Errorf("Sent copy has Message-ID %q", headerValue(sent[0], "Message-ID"))
 	}
 
+	// An attachment from Matrix goes out as a MIME part.
+	tb.fm.mu.Lock()
+	tb.fm.media["mxc://localhost/notes"] = []byte("minutes of the meeting\n")
+	tb.fm.mu.Unlock()
+	fileEvt := &event.Event{ID: "$matrix-file-1", RoomID: room, Sender: alice, Timestamp: time.Now().UnixMilli(), Type: event.EventMessage}
+	if _, err := login.Client.HandleMatrixMessage(ctx, &bridgev2.MatrixMessage{MatrixEventBase: bridgev2.MatrixEventBase[*event.MessageEventContent]{
+		Event: fileEvt, Portal: portal, Content: &event.MessageEventContent{MsgType: event.MsgFile, Body: "notes.txt", FileName: "notes.txt",
+			URL: "mxc://localhost/notes", Info: &event.FileInfo{MimeType: "text/plain", Size: 23}}}}); err != nil {
+		t.Fatal(err)
+	}
+	withFile := ms.WaitMessages(t, bob, "bobpw", "INBOX", 2, 15*time.Second)[1]
+	parsed, err := msgconv.Parse(strings.NewReader(string(withFile)), msgconv.ParseOptions{})
+	if err != nil || len(parsed.Attachments) != 1 || parsed.Attachments[0].Filename != "notes.txt" ||
+		string(parsed.Attachments[0].Data) != "minutes of the meeting\n" {
+		t.Fatalf("mail with the Matrix file: %+v, %v", parsed, err)
+	}
+	if v := headerValue(withFile, "In-Reply-To"); v != "<"+wantID+">" {
+		t.Errorf("second reply In-Reply-To %q, want the first reply %q", v, wantID)
+	}
+
+	// An attachment from email is uploaded as Matrix media.
+	attMail := "From: Bob Example <" + bob + ">\r\nTo: <" + acct.Address + ">\r\nSubject: Re: Lunch on Friday?\r\n" +
+		"Message-ID: <att@remote.test>\r\nIn-Reply-To: <m2@remote.test>\r\nReferences: <m1@remote.test> <m2@remote.test>\r\n" +
+		"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n" +
+		"--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nThe menu is attached.\r\n" +
+		"--b1\r\nContent-Type: application/pdf; name=\"menu.pdf\"\r\nContent-Disposition: attachment; filename=\"menu.pdf\"\r\n" +
+		"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQKJcTl8uXr\r\n--b1--\r\n"
+	ms.Deliver(t, bob, []string{acct.Address}, []byte(attMail))
+	if !tb.fm.waitFor(20*time.Second, func() bool {
+		for _, m := range tb.fm.roomMessages(room) {
+			if m.Content != nil && m.Content.MsgType == event.MsgFile && m.Content.URL != "" {
+				return string(tb.fm.media[m.Content.URL]) == "%PDF-1.4\n%\xc4\xe5\xf2\xe5\xeb"
+			}
+		}
+		return false
+	}) {
+		t.Fatal("the PDF attachment was not uploaded and sent as m.file in the thread's room")
+	}
+
 	// "Crash" that lost the sync position, then restart: every mail is fetched again, none is bridged twice.
 	tb.fm.mu.Lock()
 	before := len(tb.fm.msgs)
@@ -229,9 +274,9 @@ func TestBridgeMailThreadsToPortalsAndBack(t *testing.T) {
 	if !tb2.fm.waitFor(30*time.Second, func() bool { return len(tb2.fm.roomMessages(room)) >= 1 }) {
 		t.Fatalf("mail after restart not bridged into the old room; messages %+v", tb2.fm.msgs)
 	}
-	// All five mails in INBOX were handed to bridgev2 again (m1, m2, the broken one, m4, m5)...
-	if !tb2.fm.waitFor(10*time.Second, func() bool { return tb2.conn.mailsHandled.Load() >= 5 }) {
-		t.Fatalf("after losing the sync position only %d mails were refetched, want 5", tb2.conn.mailsHandled.Load())
+	// All six mails in INBOX were handed to bridgev2 again (m1, m2, the broken one, m4, the PDF, m5)...
+	if !tb2.fm.waitFor(10*time.Second, func() bool { return tb2.conn.mailsHandled.Load() >= 6 }) {
+		t.Fatalf("after losing the sync position only %d mails were refetched, want 6", tb2.conn.mailsHandled.Load())
 	}
 	time.Sleep(500 * time.Millisecond) // let any duplicate show up
 	// ...and only the new one was bridged.
@@ -257,4 +302,3 @@ func mustOpen(t *testing.T, path string) *dbutil.Database {
 	t.Cleanup(func() { _ = db.Close() })
 	return db
 }
-

@@ -37,8 +37,8 @@ type Connector struct {
 }
 
 var (
-	_ bridgev2.NetworkConnector  = (*Connector)(nil)
-	_ bridgev2.StoppableNetwork  = (*Connector)(nil)
+	_ bridgev2.NetworkConnector      = (*Connector)(nil)
+	_ bridgev2.StoppableNetwork      = (*Connector)(nil)
 	_ bridgev2.MaxFileSizeingNetwork = (*Connector)(nil)
 )
 

@@ -81,12 +81,14 @@ func (fm *fakeMatrix) waitFor(timeout time.Duration, cond func() bool) bool {
 	}
 }
 
-func (fm *fakeMatrix) Init(br *bridgev2.Bridge)                      { fm.br = br }
-func (fm *fakeMatrix) Start(context.Context) error                   { return nil }
-func (fm *fakeMatrix) PreStop()                                      {}
-func (fm *fakeMatrix) Stop()                                         {}
-func (fm *fakeMatrix) GetCapabilities() *bridgev2.MatrixCapabilities { return &bridgev2.MatrixCapabilities{} }
-func (fm *fakeMatrix) ServerName() string                            { return "localhost" }
+func (fm *fakeMatrix) Init(br *bridgev2.Bridge)    { fm.br = br }
+func (fm *fakeMatrix) Start(context.Context) error { return nil }
+func (fm *fakeMatrix) PreStop()                    {}
+func (fm *fakeMatrix) Stop()                       {}
+func (fm *fakeMatrix) GetCapabilities() *bridgev2.MatrixCapabilities {
+	return &bridgev2.MatrixCapabilities{}
+}
+func (fm *fakeMatrix) ServerName() string { return "localhost" }
 
 func (fm *fakeMatrix) ParseGhostMXID(userID id.UserID) (networkid.UserID, bool) {
 	local, server, err := userID.Parse()
@@ -247,7 +249,7 @@ func (fi *fakeIntent) SendState(_ context.Context, roomID id.RoomID, evtType eve
 }
 
 func (fi *fakeIntent) MarkRead(context.Context, id.RoomID, id.EventID, time.Time) error { return nil }
-func (fi *fakeIntent) MarkUnread(context.Context, id.RoomID, bool) error             { return nil }
+func (fi *fakeIntent) MarkUnread(context.Context, id.RoomID, bool) error                { return nil }
 func (fi *fakeIntent) MarkTyping(context.Context, id.RoomID, bridgev2.TypingType, time.Duration) error {
 	return nil
 }

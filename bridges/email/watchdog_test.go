@@ -18,9 +18,14 @@ import (
 // NOOP for the watcher. With stallAfterIdle set it goes silent once IDLE starts: it reads but never answers,
 // like a server behind a dead NAT mapping.
 func scriptedIMAP(conn net.Conn, stallAfterIdle bool) {
+	scriptedIMAPCaps(conn, stallAfterIdle, "IMAP4rev1 IDLE", nil)
+}
+
+// scriptedIMAPCaps is scriptedIMAP with a chosen capability list; every received command verb is sent to seen.
+func scriptedIMAPCaps(conn net.Conn, stallAfterIdle bool, caps string, seen chan<- string) {
 	defer func() { _ = conn.Close() }()
 	w := func(s string) bool { _, err := conn.Write([]byte(s)); return err == nil }
-	if !w("* OK [CAPABILITY IMAP4rev1 IDLE] fake ready\r\n") {
+	if !w("* OK [CAPABILITY " + caps + "] fake ready\r\n") {
 		return
 	}
 	r := bufio.NewReader(conn)
@@ -43,9 +48,15 @@ func scriptedIMAP(conn net.Conn, stallAfterIdle bool) {
 		}
 		tag, cmd, _ := strings.Cut(line, " ")
 		verb := strings.ToUpper(strings.Fields(cmd + " x")[0])
+		if seen != nil {
+			select {
+			case seen <- verb:
+			default:
+			}
+		}
 		switch verb {
 		case "CAPABILITY":
-			w("* CAPABILITY IMAP4rev1 IDLE\r\n" + tag + " OK done\r\n")
+			w("* CAPABILITY " + caps + "\r\n" + tag + " OK done\r\n")
 		case "SELECT":
 			w("* 0 EXISTS\r\n* OK [UIDVALIDITY 7] v\r\n* OK [UIDNEXT 1] n\r\n" + tag + " OK [READ-WRITE] selected\r\n")
 		case "UID":
@@ -123,6 +134,85 @@ func TestWatchdogTiming(t *testing.T) {
 		// The healthy second connection kept going through watchdog rounds without being dropped.
 		if dials != 2 {
 			t.Fatalf("%d connections, want 2 (the stalled one and its replacement)", dials)
+		}
+	})
+}
+
+// TestUIDValidityChangeResetsPosition: when the server renumbered the mailbox (new UIDVALIDITY), the saved
+// last UID means nothing any more; keeping it would skip every new mail below it. The watcher rescans instead.
+func TestUIDValidityChangeResetsPosition(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		store := &memStore{}
+		old := MailboxState{UIDValidity: 6, LastUID: 50, Updated: time.Now()}
+		if err := store.SaveState(t.Context(), "a@x.test", "INBOX", old); err != nil {
+			t.Fatal(err)
+		}
+		w := &Watcher{
+			Account:       &Account{Address: "a@x.test", IMAP: Server{Host: "fake", Port: 143, Security: SecurityNone}, Username: "a", Password: "p"},
+			LoginID:       "a@x.test",
+			Store:         store,
+			Handle:        func(context.Context, *Mail) error { return nil },
+			AllowInsecure: true,
+			Log:           zerolog.Nop(),
+		}
+		w.dial = func(context.Context, string, string) (net.Conn, error) {
+			client, server := net.Pipe()
+			go scriptedIMAP(server, false)
+			return client, nil
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx) }()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		cancel()
+		<-done
+		st, _, _ := store.LoadState(t.Context(), "a@x.test", "INBOX")
+		if st.UIDValidity != 7 || st.LastUID != 0 {
+			t.Fatalf("state after UIDVALIDITY change: %+v, want validity 7 and position reset to 0", st)
+		}
+	})
+}
+
+// TestWatcherPollsServersWithoutIdle: a server without IDLE is polled with NOOP every minute instead of being
+// sent an IDLE it would refuse (which would mean a reconnect loop).
+func TestWatcherPollsServersWithoutIdle(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		seen := make(chan string, 1000)
+		w := &Watcher{
+			Account:       &Account{Address: "a@x.test", IMAP: Server{Host: "fake", Port: 143, Security: SecurityNone}, Username: "a", Password: "p"},
+			LoginID:       "a@x.test",
+			Store:         &memStore{},
+			Handle:        func(context.Context, *Mail) error { return nil },
+			AllowInsecure: true,
+			Log:           zerolog.Nop(),
+		}
+		dials := 0
+		w.dial = func(context.Context, string, string) (net.Conn, error) {
+			dials++
+			client, server := net.Pipe()
+			go scriptedIMAPCaps(server, false, "IMAP4rev1", seen)
+			return client, nil
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx) }()
+		time.Sleep(5*time.Minute + 30*time.Second)
+		synctest.Wait()
+		cancel()
+		<-done
+		close(seen)
+		counts := map[string]int{}
+		for v := range seen {
+			counts[v]++
+		}
+		if counts["IDLE"] != 0 || dials != 1 {
+			t.Fatalf("sent IDLE %d times over %d connections to a server without IDLE", counts["IDLE"], dials)
+		}
+		if counts["NOOP"] != 5 {
+			t.Fatalf("%d NOOP polls in 5m30s, want 5 (one a minute)", counts["NOOP"])
 		}
 	})
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -349,13 +350,16 @@ func (w *Watcher) fetchOne(ctx context.Context, cn *conn, uid uint32) error {
 	if err != nil {
 		return fmt.Errorf("spool UID %d: %w", uid, err)
 	}
-	if err := w.Handle(ctx, &Mail{UID: uid, Size: size, Body: r}); err != nil {
+	if err := w.safeHandle(ctx, &Mail{UID: uid, Size: size, Body: r}); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		w.failMu.Lock()
 		w.failures[uid]++
 		n := w.failures[uid]
+		if n >= maxAttempts {
+			delete(w.failures, uid)
+		}
 		w.failMu.Unlock()
 		if n >= maxAttempts {
 			w.Log.Error().Err(err).Uint32("uid", uid).Int("attempts", n).Msg("Giving up on message after repeated failures")
@@ -369,9 +373,25 @@ func (w *Watcher) fetchOne(ctx context.Context, cn *conn, uid uint32) error {
 	return nil
 }
 
+// safeHandle calls the handler, turning a panic (a parser bug on some mail) into an error so one message can
+// never take the mailbox loop, or the process, down; after maxAttempts the message is skipped.
+func (w *Watcher) safeHandle(ctx context.Context, m *Mail) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			w.Log.Error().Any("panic", p).Uint32("uid", m.UID).Bytes("stack", debug.Stack()).Msg("Mail handler panicked")
+			err = fmt.Errorf("handler panicked: %v", p)
+		}
+	}()
+	return w.Handle(ctx, m)
+}
+
 // idle waits in IDLE until the server announces new mail, the watchdog fires, or ctx ends; then it ends IDLE
 // and checks the connection with NOOP, both under CommandTimeout.
 func (w *Watcher) idle(cn *conn) error {
+	caps := cn.c.Caps()
+	if !caps.Has(imap.CapIdle) && !caps.Has(imap.CapIMAP4rev2) {
+		return w.poll(cn)
+	}
 	var cmd *imapclient.IdleCommand
 	err := cn.do(w.CommandTimeout, func() (err error) {
 		cmd, err = cn.c.Idle()
@@ -408,6 +428,27 @@ func (w *Watcher) idle(cn *conn) error {
 	return nil
 }
 
+// pollInterval is how often a server without IDLE is asked for new mail (at most IdleTimeout).
+const pollInterval = time.Minute
+
+// poll is idle for servers without the IDLE extension: wait, then NOOP (which also reports new mail).
+func (w *Watcher) poll(cn *conn) error {
+	t := time.NewTimer(min(pollInterval, w.IdleTimeout))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-cn.c.Closed():
+		return fmt.Errorf("poll: connection closed by server")
+	case <-cn.ctx.Done():
+		_ = cn.c.Close()
+		return cn.ctx.Err()
+	}
+	if err := cn.do(w.CommandTimeout, func() error { return cn.c.Noop().Wait() }); err != nil {
+		return fmt.Errorf("NOOP: %w", err)
+	}
+	return nil
+}
+
 // spool buffers a message in memory up to memSpoolLimit, then in a temporary file.
 type spool struct {
 	mem  bytes.Buffer
@@ -415,6 +456,7 @@ type spool struct {
 	size int64
 }
 
+// Write implements io.Writer, moving to a temporary file once the message outgrows memSpoolLimit.
 func (s *spool) Write(p []byte) (int, error) {
 	if s.file == nil && s.mem.Len()+len(p) > memSpoolLimit {
 		f, err := os.CreateTemp("", "passerelle-mail-*")

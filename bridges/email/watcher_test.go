@@ -275,6 +275,8 @@ func TestWatcherDetectsStalledIdle(t *testing.T) {
 	}
 }
 
+// TestWatcherSkipsMessageThatKeepsFailing: a message whose handling keeps failing (here: an error, then a panic,
+// then an error) is retried maxAttempts times and skipped; the mail after it is still bridged.
 func TestWatcherSkipsMessageThatKeepsFailing(t *testing.T) {
 	t.Parallel()
 	ms := testenv.Mail(t)
@@ -289,12 +291,17 @@ func TestWatcherSkipsMessageThatKeepsFailing(t *testing.T) {
 		mu.Lock()
 		defer mu.Unlock()
 		attempts++
+		if attempts == 2 {
+			panic("parser bug")
+		}
 		return errors.New("bridge refused it")
 	}
 	rw := startWatcher(t, &Watcher{Account: acct, LoginID: acct.Address, Store: &memStore{}, Handle: col.handle,
 		IdleTimeout: time.Minute, MaxBackoff: 200 * time.Millisecond, AllowInsecure: true})
 	rw.waitConnected(t)
 	ms.Deliver(t, "bob@remote.test", []string{acct.Address}, testMail("bob@remote.test", acct.Address, "Bad", "poison@remote.test"))
+	// Postfix may reorder two mails in its queue; deliver the good one only once the poison one has its UID.
+	ms.WaitMessages(t, acct.Address, acct.Password, "INBOX", 1, 10*time.Second)
 	ms.Deliver(t, "bob@remote.test", []string{acct.Address}, testMail("bob@remote.test", acct.Address, "Good", "after@remote.test"))
 	col.wait(t, "after@remote.test", 20*time.Second)
 	mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 
 	"maunium.net/go/mautrix/id"
@@ -162,4 +163,43 @@ func (s *Service) PublicRooms(ctx context.Context) ([]id.RoomID, error) {
 		out = append(out, r)
 	}
 	return out, rows.Err()
+}
+
+// errBadAlias is the spec's answer to an m.room.canonical_alias naming an alias that does not point to the room.
+func errBadAlias(format string, a ...any) error {
+	return mxerr.New(http.StatusBadRequest, "M_BAD_ALIAS", format, a...)
+}
+
+// checkCanonicalAlias enforces the spec's rule for m.room.canonical_alias: alias and every alt_aliases entry
+// must be valid aliases that point to this room. Aliases of other servers cannot be checked by a server that
+// does not federate, so they are refused too.
+func (s *Service) checkCanonicalAlias(ctx context.Context, roomID id.RoomID, content map[string]any) error {
+	var aliases []any
+	if a, has := content["alias"]; has && a != nil {
+		aliases = append(aliases, a)
+	}
+	if alt, has := content["alt_aliases"]; has && alt != nil {
+		list, ok := alt.([]any)
+		if !ok {
+			return mxerr.InvalidParam("alt_aliases must be a list")
+		}
+		aliases = append(aliases, list...)
+	}
+	for _, a := range aliases {
+		str, ok := a.(string)
+		if !ok {
+			return mxerr.InvalidParam("room aliases must be strings")
+		}
+		alias := id.RoomAlias(str)
+		if err := s.checkLocalAlias(alias); err != nil {
+			return errBadAlias("%s is not a valid local room alias", alias)
+		}
+		target, err := s.ResolveAlias(ctx, alias)
+		if errors.Is(err, mxerr.NotFound("")) || (err == nil && target != roomID) {
+			return errBadAlias("room alias %s does not point to this room", alias)
+		} else if err != nil {
+			return err
+		}
+	}
+	return nil
 }

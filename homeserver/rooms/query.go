@@ -1,9 +1,11 @@
 package rooms
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math"
+	"slices"
 
 	"maunium.net/go/mautrix/id"
 
@@ -219,18 +221,51 @@ func (s *Service) MaxStreamPos(ctx context.Context) (int64, error) {
 }
 
 // StateAt returns the state of a room just after the event at stream position pos (or, if pos is not an event
-// of that room, after the room's last event before it). History is linear on a single server, so this is the
-// newest state event per (type, state_key) at or before pos.
+// of that room, after the room's last event before it), in stream order. History is linear on a single
+// server, so this is the current state with every change after pos undone: each state event records the event
+// it replaced (unsigned.replaces_state), so only the events after pos are read, which for /sync is a handful.
 func (s *Service) StateAt(ctx context.Context, roomID id.RoomID, pos int64) ([]*Event, error) {
-	evs, err := s.queryEvents(ctx, `SELECT `+eventColumns+` FROM rooms_events e
-		WHERE e.room_id = $1 AND e.state_key IS NOT NULL AND e.stream_pos = (
-			SELECT MAX(e2.stream_pos) FROM rooms_events e2
-			WHERE e2.room_id = e.room_id AND e2.type = e.type AND e2.state_key = e.state_key AND e2.stream_pos <= $2)
-		ORDER BY e.stream_pos`, roomID, pos)
+	cur, err := s.CurrentState(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	later, err := s.queryEvents(ctx, `SELECT `+eventColumns+` FROM rooms_events e
+		WHERE e.room_id = $1 AND e.stream_pos > $2 AND e.state_key IS NOT NULL ORDER BY e.stream_pos`, roomID, pos)
 	if err != nil {
 		return nil, fmt.Errorf("load state of %s at %d: %w", roomID, pos, err)
 	}
-	return evs, nil
+	if len(later) == 0 {
+		return cur, nil
+	}
+	type key struct{ typ, stateKey string }
+	undone := make(map[key]bool, len(later))
+	var restore []id.EventID
+	for _, ev := range later {
+		k := key{ev.Type, *ev.StateKey}
+		if undone[k] {
+			continue
+		}
+		// The first change after pos replaced the state at pos (none: the key did not exist yet).
+		undone[k] = true
+		if prev, _ := ev.Unsigned["replaces_state"].(string); prev != "" {
+			restore = append(restore, id.EventID(prev))
+		}
+	}
+	out := make([]*Event, 0, len(cur))
+	for _, ev := range cur {
+		if !undone[key{ev.Type, *ev.StateKey}] {
+			out = append(out, ev)
+		}
+	}
+	for _, evID := range restore {
+		ev, err := s.Event(ctx, evID)
+		if err != nil {
+			return nil, fmt.Errorf("load state of %s at %d: %w", roomID, pos, err)
+		}
+		out = append(out, ev)
+	}
+	slices.SortFunc(out, func(a, b *Event) int { return cmp.Compare(a.StreamPos, b.StreamPos) })
+	return out, nil
 }
 
 // strippedStateTypes are the state events the spec recommends showing to invitees and knockers.

@@ -39,15 +39,10 @@ type SendRequest struct {
 // transaction and subscribers are called. Unauthorised events get mxerr.Forbidden and nothing is stored.
 // A repeated (Sender, DeviceID, TxnID) returns the event stored the first time.
 func (s *Service) Send(ctx context.Context, req SendRequest) (*Event, error) {
-	if req.TxnID != "" {
-		if ev, err := s.eventByTxn(ctx, req.Sender, req.DeviceID, req.TxnID); err != nil || ev != nil {
-			return ev, err
-		}
-	}
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	if req.TxnID != "" {
-		// Check again under the writer lock: a concurrent retry may have stored it meanwhile.
+		// Under the writer lock, so that a concurrent retry cannot store the event twice.
 		if ev, err := s.eventByTxn(ctx, req.Sender, req.DeviceID, req.TxnID); err != nil || ev != nil {
 			return ev, err
 		}
@@ -111,6 +106,9 @@ func (s *Service) persist(ctx context.Context, room *roomInfo, req SendRequest) 
 	if req.StateKey != nil && len(*req.StateKey) > 255 {
 		return nil, mxerr.BadJSON("state key is longer than 255 bytes")
 	}
+	if _, server, err := req.Sender.ParseAndValidateRelaxed(); err != nil || server != s.serverName {
+		return nil, mxerr.Forbidden("sender %q is not a user of this server", req.Sender)
+	}
 	content, err := decodeContent(req.Content)
 	if err != nil {
 		return nil, err
@@ -161,6 +159,11 @@ func (s *Service) persist(ctx context.Context, room *roomInfo, req SendRequest) 
 	}
 	if err = authorize(room.version, ev, content, st, redactTarget); err != nil {
 		return nil, err
+	}
+	if ev.Type == typeCanonicalAlias && ev.StateKeyString() == "" {
+		if err = s.checkCanonicalAlias(ctx, room.id, content); err != nil {
+			return nil, err
+		}
 	}
 	pdu, pduJSON, err := s.buildPDU(room.version, ev, content)
 	if err != nil {

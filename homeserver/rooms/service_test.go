@@ -682,10 +682,31 @@ func TestAliases(t *testing.T) {
 		if as := must[[]id.RoomAlias](t)(s.Aliases(ctx, room)); len(as) != 1 {
 			t.Fatalf("aliases %v", as)
 		}
+		// m.room.canonical_alias must name aliases of this room.
+		must[id.RoomID](t)(s.CreateRoom(ctx, uAlice, &mautrix.ReqCreateRoom{RoomAliasName: "other"}))
+		must[*Event](t)(s.Send(ctx, stateReq(room, uAlice, "m.room.canonical_alias", "", `{"alias":"#lobby:example.org"}`)))
+		for name, content := range map[string]string{
+			"alias of another room": `{"alias":"#other:example.org"}`,
+			"unknown alias":         `{"alias":"#nowhere:example.org"}`,
+			"remote alias":          `{"alt_aliases":["#x:remote.org"]}`,
+			"malformed":             `{"alias":"lobby"}`,
+		} {
+			_, err := s.Send(ctx, stateReq(room, uAlice, "m.room.canonical_alias", "", content))
+			if e := mxerr.As(err); e == nil || e.Code != "M_BAD_ALIAS" {
+				t.Fatalf("%s: got %v, want M_BAD_ALIAS", name, err)
+			}
+		}
+		_, err := s.Send(ctx, stateReq(room, uAlice, "m.room.canonical_alias", "", `{"alt_aliases":"#lobby:example.org"}`))
+		wantCode(t, err, "M_INVALID_PARAM")
+		must[*Event](t)(s.Send(ctx, stateReq(room, uAlice, "m.room.canonical_alias", "", `{}`)))
+		// Senders of other servers are refused.
+		_, err = s.Send(ctx, msg(room, "@mallory:elsewhere.org", "hi"))
+		wantCode(t, err, "M_FORBIDDEN")
+
 		if err := s.DeleteAlias(ctx, "#lobby:example.org"); err != nil {
 			t.Fatal(err)
 		}
-		_, err := s.ResolveAlias(ctx, "#lobby:example.org")
+		_, err = s.ResolveAlias(ctx, "#lobby:example.org")
 		wantCode(t, err, "M_NOT_FOUND")
 		wantCode(t, s.DeleteAlias(ctx, "#lobby:example.org"), "M_NOT_FOUND")
 	})
@@ -712,4 +733,55 @@ func TestMarshalClient(t *testing.T) {
 	if ce.Content.AsMember().Membership != event.MembershipJoin || ce.Unsigned.PrevContent == nil {
 		t.Errorf("ClientEvent %+v", ce)
 	}
+}
+
+// TestStateAtMatchesReplay compares StateAt at every position with the state obtained by replaying the room's
+// history from the start.
+func TestStateAtMatchesReplay(t *testing.T) {
+	dbtest.Run(t, func(t *testing.T, db *dbutil.Database) {
+		ctx := t.Context()
+		s := newService(t, db)
+		room := must[id.RoomID](t)(s.CreateRoom(ctx, uAlice, &mautrix.ReqCreateRoom{Preset: "public_chat", Topic: "t0"}))
+		other := must[id.RoomID](t)(s.CreateRoom(ctx, uBob, nil))
+		for i := range 4 {
+			must[*Event](t)(s.Join(ctx, room, uBob))
+			must[*Event](t)(s.Send(ctx, msg(room, uBob, "hi")))
+			must[*Event](t)(s.Send(ctx, stateReq(room, uAlice, "m.room.topic", "", fmt.Sprintf(`{"topic":"t%d"}`, i+1))))
+			must[*Event](t)(s.Send(ctx, stateReq(room, uAlice, "com.example.k", fmt.Sprint(i), `{}`)))
+			must[*Event](t)(s.Send(ctx, msg(other, uBob, "elsewhere")))
+			if i%2 == 0 {
+				must[*Event](t)(s.Leave(ctx, room, uBob, ""))
+			}
+		}
+		all := must[[]*Event](t)(s.EventsAfter(ctx, 0, 0))
+		replay := map[string]id.EventID{}
+		for i, ev := range all {
+			if ev.RoomID == room && ev.StateKey != nil {
+				replay[ev.Type+"\x00"+*ev.StateKey] = ev.ID
+			}
+			positions := []int64{ev.StreamPos}
+			if i == 0 {
+				positions = append(positions, 0)
+			}
+			for _, pos := range positions {
+				got := must[[]*Event](t)(s.StateAt(ctx, room, pos))
+				if pos == 0 {
+					if len(got) != 0 {
+						t.Fatalf("state before the room existed: %d events", len(got))
+					}
+					continue
+				}
+				gotMap := map[string]id.EventID{}
+				for j, g := range got {
+					if j > 0 && got[j-1].StreamPos >= g.StreamPos {
+						t.Fatalf("StateAt(%d) not in stream order", pos)
+					}
+					gotMap[g.Type+"\x00"+*g.StateKey] = g.ID
+				}
+				if fmt.Sprint(gotMap) != fmt.Sprint(replay) {
+					t.Fatalf("StateAt(%d):\n%v\nreplay:\n%v", pos, gotMap, replay)
+				}
+			}
+		}
+	})
 }

@@ -96,7 +96,7 @@ func TestRedact(t *testing.T) {
 			`{"ban":50,"events":{},"events_default":0,"kick":50,"redact":50,"state_default":50,"users":{},"users_default":0}`, nil},
 		"v11 power levels keep invite": {V11, "m.room.power_levels", `{"ban":50,"invite":0,"notifications":{"room":50}}`,
 			`{"ban":50,"invite":0}`, nil},
-		"history visibility": {V10, "m.room.history_visibility", `{"history_visibility":"shared","x":1}`, `{"history_visibility":"shared"}`, nil},
+		"history visibility":            {V10, "m.room.history_visibility", `{"history_visibility":"shared","x":1}`, `{"history_visibility":"shared"}`, nil},
 		"v10 redaction content emptied": {V10, "m.room.redaction", `{"redacts":"$e","reason":"spam"}`, `{}`, nil},
 		"v11 redaction keeps redacts":   {V11, "m.room.redaction", `{"redacts":"$e","reason":"spam"}`, `{"redacts":"$e"}`, nil},
 		"v10 aliases not special":       {V10, "m.room.aliases", `{"aliases":["#a:x"]}`, `{}`, nil},

@@ -44,6 +44,9 @@ type Service struct {
 	filterMu   stdsync.Mutex
 	receiptMu  stdsync.Mutex
 	receiptPos int64
+
+	closing   chan struct{}
+	closeOnce stdsync.Once
 }
 
 // New runs the sync migrations on db (version table sync_version) and subscribes to the room event stream.
@@ -52,7 +55,7 @@ func New(ctx context.Context, db *dbutil.Database, rs *rooms.Service, us *users.
 	if err := child.Upgrade(ctx); err != nil {
 		return nil, fmt.Errorf("upgrade sync database: %w", err)
 	}
-	s := &Service{db: child, rooms: rs, users: us, notifier: NewNotifier(), log: log}
+	s := &Service{db: child, rooms: rs, users: us, notifier: NewNotifier(), log: log, closing: make(chan struct{})}
 	s.typing = NewTyping(s.notifier.WakeRoom)
 	if err := s.loadReceiptPos(ctx); err != nil {
 		return nil, err
@@ -67,6 +70,10 @@ func (s *Service) onEvent(ev *rooms.Event) {
 		s.notifier.WakeUsers(id.UserID(*ev.StateKey))
 	}
 }
+
+// StopWaiting makes every waiting /sync answer now and later ones answer without waiting, so that an HTTP
+// server shutting down is not held up by long-polls (they would otherwise last up to their timeout).
+func (s *Service) StopWaiting() { s.closeOnce.Do(func() { close(s.closing) }) }
 
 // Notifier returns the notifier (for tests and for other streams that want to wake /sync).
 func (s *Service) Notifier() *Notifier { return s.notifier }
@@ -194,6 +201,9 @@ func (s *Service) Sync(ctx context.Context, req Request) (*Response, error) {
 		select {
 		case <-l.C():
 			l.Close()
+		case <-s.closing:
+			l.Close()
+			return s.compute(ctx, req, since, initial)
 		case <-timer.C:
 			l.Close()
 			// One last look, in case something arrived as the timer fired.

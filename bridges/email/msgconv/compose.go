@@ -293,17 +293,14 @@ func encodeWords(s string) string {
 	return strings.Join(words, " ")
 }
 
-// writeField writes "Name: value" folded at white space to lines of at
-// most 78 characters where the value allows it.
+// writeField writes "Name: value" folded at spaces to lines of at most 78
+// characters where the value allows it. Runs of spaces are kept; a fold is
+// only placed before a non-empty word, so no line is white space only.
 func writeField(b *bytes.Buffer, name, value string) {
-	line := name + ":"
-	lineLen := len(line)
-	b.WriteString(line)
-	for i, word := range strings.Split(value, " ") {
-		if word == "" && i > 0 {
-			continue
-		}
-		if lineLen+1+len(word) > 78 && lineLen > len(name)+1 {
+	b.WriteString(name + ":")
+	lineLen := len(name) + 1
+	for _, word := range strings.Split(value, " ") {
+		if word != "" && lineLen > len(name)+1 && lineLen+1+len(word) > 78 {
 			b.WriteString("\r\n")
 			lineLen = 0
 		}

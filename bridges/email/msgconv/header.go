@@ -91,14 +91,35 @@ func isWSP(c byte) bool { return c == ' ' || c == '\t' }
 // continuation lines and more header fields is treated as part of the header
 // (some senders split an encoded word that way).
 func splitHeader(raw []byte, problems *[]string, repair bool) (header, []byte) {
-	var h header
+	h, body := splitHeaderFolded(raw, problems, repair)
+	out := make(header, len(h))
+	for i, f := range h {
+		out[i] = field{name: f.name, value: strings.Join(f.parts, " ")}
+	}
+	return out, body
+}
+
+// foldedField collects a field's value pieces; they are joined once at the
+// end so a header with many folded lines costs linear time.
+type foldedField struct {
+	name  string
+	parts []string
+}
+
+func (f *foldedField) String() string { return strings.Join(f.parts, " ") }
+
+func splitHeaderFolded(raw []byte, problems *[]string, repair bool) ([]*foldedField, []byte) {
+	var h []*foldedField
 	pos := 0
 	if bytes.HasPrefix(raw, []byte("From ")) {
 		// mbox "From " separator line; not a header field.
 		_, pos = nextLine(raw, 0)
 	}
 	appendTo := func(i int, cont []byte) {
-		h[i].value += " " + string(bytes.TrimSpace(cont))
+		h[i].parts = append(h[i].parts, string(bytes.TrimSpace(cont)))
+	}
+	newField := func(name string, value []byte) {
+		h = append(h, &foldedField{name: name, parts: []string{string(bytes.TrimSpace(value))}})
 	}
 	for pos < len(raw) {
 		line, next := nextLine(raw, pos)
@@ -110,7 +131,7 @@ func splitHeader(raw []byte, problems *[]string, repair bool) (header, []byte) {
 					// was cut off, which need not be the last one.
 					target := len(h) - 1
 					for i := len(h) - 1; i >= 0; i-- {
-						if hasOpenEncodedWord(h[i].value) {
+						if hasOpenEncodedWord(h[i].String()) {
 							target = i
 							break
 						}
@@ -138,7 +159,7 @@ func splitHeader(raw []byte, problems *[]string, repair bool) (header, []byte) {
 					*problems = append(*problems, "header starts with white space")
 					line = trimmed
 					i := bytes.IndexByte(line, ':')
-					h = append(h, field{name: headerName(line), value: string(bytes.TrimSpace(line[i+1:]))})
+					newField(headerName(line), line[i+1:])
 				} else {
 					*problems = append(*problems, "header continuation line without a field")
 				}
@@ -166,7 +187,7 @@ func splitHeader(raw []byte, problems *[]string, repair bool) (header, []byte) {
 			return h, raw[pos:]
 		}
 		i := bytes.IndexByte(line, ':')
-		h = append(h, field{name: name, value: string(bytes.TrimSpace(line[i+1:]))})
+		newField(name, line[i+1:])
 		pos = next
 	}
 	return h, nil
@@ -413,7 +434,7 @@ func parseAddressList(v string, problems *[]string, what string) []Address {
 	if list, err := p.ParseList(v); err == nil {
 		out := make([]Address, 0, len(list))
 		for _, a := range list {
-			out = append(out, Address{Name: fixName(a.Name), Email: a.Address})
+			out = append(out, address(a.Name, a.Address))
 		}
 		return out
 	}
@@ -425,12 +446,12 @@ func parseAddressList(v string, problems *[]string, what string) []Address {
 			continue
 		}
 		if a, err := p.Parse(item); err == nil {
-			out = append(out, Address{Name: fixName(a.Name), Email: a.Address})
+			out = append(out, address(a.Name, a.Address))
 			continue
 		}
 		if m := angleAddrRe.FindStringSubmatchIndex(item); m != nil {
 			name := strings.Trim(strings.TrimSpace(item[:m[0]]), `"' `)
-			out = append(out, Address{Name: fixName(name), Email: item[m[2]:m[3]]})
+			out = append(out, address(name, item[m[2]:m[3]]))
 			continue
 		}
 		if m := bareAddrRe.FindString(item); m != "" {
@@ -445,7 +466,22 @@ func fixName(n string) string {
 	if strings.Contains(n, "=?") || !utf8.ValidString(n) {
 		n, _ = decodeHeader(n)
 	}
-	return cleanLine(n)
+	n = cleanLine(n)
+	// "'Bob'" and "\"Bob\"" (quoted twice by the sender) show as Bob.
+	for len(n) >= 2 && (n[0] == '\'' || n[0] == '"') && n[len(n)-1] == n[0] {
+		n = strings.TrimSpace(n[1 : len(n)-1])
+	}
+	return n
+}
+
+// address builds an Address, dropping a display name that only repeats
+// the address.
+func address(name, email string) Address {
+	name = fixName(name)
+	if strings.EqualFold(name, email) || strings.EqualFold(name, "<"+email+">") {
+		name = ""
+	}
+	return Address{Name: name, Email: email}
 }
 
 // splitAddressItems splits on commas outside quotes and angle brackets. An

@@ -387,7 +387,8 @@ func (w *textWriter) lines(n int) {
 	w.space = false
 }
 
-func (w *textWriter) node(n *html.Node, depth int) {
+func (w *textWriter) node(nd *html.Node, depth int) {
+	n := nd
 	if depth > 200 {
 		return
 	}
@@ -422,9 +423,15 @@ func (w *textWriter) node(n *html.Node, depth int) {
 		w.newlines = 0
 		w.lines(1)
 	case atom.P, atom.H1, atom.H2, atom.H3, atom.H4, atom.H5, atom.H6, atom.Table:
-		w.lines(2)
+		// Word writes every line as its own <p class="MsoNormal">: those are
+		// lines, not paragraphs.
+		n := 2
+		if hasClass(nd, "MsoNormal") {
+			n = 1
+		}
+		w.lines(n)
 		children()
-		w.lines(2)
+		w.lines(n)
 	case atom.Div, atom.Tr, atom.Section, atom.Article, atom.Header, atom.Footer, atom.Details, atom.Summary, atom.Center, atom.Address, atom.Dd, atom.Dt, atom.Caption:
 		w.lines(1)
 		children()

@@ -3,6 +3,7 @@ package msgconv
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"html"
 	"image"
@@ -34,9 +35,10 @@ type MatrixOptions struct {
 	MaxBodyBytes int
 }
 
-// DefaultMaxBodyBytes keeps body plus formatted_body well under the 65536
-// byte limit the Matrix specification puts on a whole event.
-const DefaultMaxBodyBytes = 24 * 1024
+// DefaultMaxBodyBytes bounds body plus formatted_body, measured as JSON
+// (escaping included), leaving room under the 65536 byte limit the Matrix
+// specification puts on a whole event for the rest of the event.
+const DefaultMaxBodyBytes = 48 * 1024
 
 // Part IDs used in the converted message; stable so edits and redactions can
 // address the parts.
@@ -255,18 +257,32 @@ func textToHTML(s string) string {
 	return strings.ReplaceAll(html.EscapeString(s), "\n", "<br>")
 }
 
-// limitBody cuts text and formatted body so the event stays small. A cut
-// HTML body is dropped (cutting HTML could break it) and the text carries a
-// note.
+// jsonLen is the size of s as a JSON string.
+func jsonLen(s string) int {
+	b, _ := json.Marshal(s)
+	return len(b)
+}
+
+// limitBody cuts text and formatted body so the event stays small. An HTML
+// body that does not fit is dropped (cutting HTML could break it) and a text
+// body that does not fit is cut with a note.
 func limitBody(text, formatted string, max int) (string, string) {
 	const note = "\n\n[… message shortened]"
-	if len(text)+len(formatted) <= max {
+	if jsonLen(text)+jsonLen(formatted) <= max {
 		return text, formatted
 	}
-	if len(text) <= max {
+	if jsonLen(text) <= max {
 		return text, ""
 	}
-	return truncate(text, max-len(note)) + note, ""
+	cut := max
+	for cut > 0 {
+		t := truncate(text, cut) + note
+		if jsonLen(t) <= max {
+			return t, ""
+		}
+		cut = cut * 3 / 4
+	}
+	return strings.TrimPrefix(note, "\n\n"), ""
 }
 
 // replyFallbackRe matches the <mx-reply> block Matrix clients prepend to

@@ -3,6 +3,7 @@ package msgconv
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"image"
 	"image/png"
@@ -143,10 +144,20 @@ func TestToMatrixContextCancelled(t *testing.T) {
 
 func TestToMatrixLongBody(t *testing.T) {
 	t.Parallel()
-	long := strings.Repeat("word ", 20000)
+	long := strings.Repeat("word <&> ", 20000)
 	parts := toMatrix(t, &Email{Text: long, HTML: "<p>" + long + "</p>"}, MatrixOptions{})
-	if len(parts[0].Body) > DefaultMaxBodyBytes || parts[0].FormattedBody != "" || !strings.HasSuffix(parts[0].Body, "[… message shortened]") {
-		t.Errorf("len %d, formatted %d", len(parts[0].Body), len(parts[0].FormattedBody))
+	if jsonLen(parts[0].Body) > DefaultMaxBodyBytes || parts[0].FormattedBody != "" || !strings.HasSuffix(parts[0].Body, "[… message shortened]") {
+		t.Errorf("len %d, formatted %d", jsonLen(parts[0].Body), len(parts[0].FormattedBody))
+	}
+	// The whole event content stays under the spec's 64 KiB.
+	if b, _ := json.Marshal(parts[0]); len(b) > 60000 {
+		t.Errorf("content is %d bytes as JSON", len(b))
+	}
+	// A medium body keeps its formatting.
+	mid := strings.Repeat("word ", 2000)
+	parts = toMatrix(t, &Email{Text: mid, HTML: "<p>" + mid + "</p>"}, MatrixOptions{})
+	if parts[0].Body != mid || parts[0].FormattedBody == "" {
+		t.Errorf("medium body changed: %d / %d", len(parts[0].Body), len(parts[0].FormattedBody))
 	}
 }
 

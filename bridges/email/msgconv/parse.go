@@ -93,6 +93,15 @@ func readAll(r io.Reader) ([]byte, error) {
 		}
 	case interface{ Len() int }:
 		size = int64(v.Len())
+	case io.Seeker:
+		if cur, err := v.Seek(0, io.SeekCurrent); err == nil {
+			if end, err := v.Seek(0, io.SeekEnd); err == nil {
+				if _, err := v.Seek(cur, io.SeekStart); err != nil {
+					return nil, err
+				}
+				size = end - cur
+			}
+		}
 	}
 	if size < 0 {
 		return io.ReadAll(r)
@@ -475,32 +484,44 @@ var trailingBreaksRe = regexp.MustCompile(`(\s*<br\s*/?>\s*)+$`)
 
 // assemble turns the collected parts into the final body fields.
 func (p *parser) assemble(e *Email, c collected) {
-	text := strings.TrimSpace(strings.Join(c.text, "\n\n"))
+	var texts []string
+	for _, t := range c.text {
+		if t = strings.TrimSpace(t); t != "" {
+			texts = append(texts, t)
+		}
+	}
+	text := strings.Join(texts, "\n\n")
 	rawHTML := strings.Join(c.html, "\n")
-	var mainText string
+	var quoted string
 	if strings.TrimSpace(rawHTML) != "" {
 		mainHTML, quotedHTML := splitQuotedHTML(rawHTML)
-		main := trailingBreaksRe.ReplaceAllString(sanitizeWith(parsePolicy(), mainHTML), "")
+		main := trailingBreaksRe.ReplaceAllString(sanitizeMail(mainHTML), "")
 		e.HTML = main
-		if q := sanitizeWith(parsePolicy(), quotedHTML); strings.TrimSpace(q) != "" {
+		if q := sanitizeMail(quotedHTML); strings.TrimSpace(q) != "" {
 			e.HTML += "<details><summary>Quoted text</summary>" + q + "</details>"
 		}
 		e.HTML = strings.TrimSpace(e.HTML)
-		mainText = HTMLToText(main)
 		if text == "" {
-			text = mainText
-			if q := HTMLToText(quotedHTML); q != "" {
-				e.Quoted = q
-			}
+			// HTML-only mail: the text is derived from the HTML, whose quote
+			// was already separated.
+			e.Text = HTMLToText(main)
+			quoted = HTMLToText(quotedHTML)
 		}
 	}
-	if len(c.text) > 0 {
-		body, quoted := splitQuotedText(text)
-		e.Text, e.Quoted = body, quoted
-	} else {
-		e.Text = text
+	if e.Text == "" && text != "" {
+		e.Text, quoted = splitQuotedText(text)
 	}
 	e.Text = strings.ToValidUTF8(e.Text, "\uFFFD")
-	e.Quoted = strings.ToValidUTF8(e.Quoted, "\uFFFD")
+	e.Quoted = strings.ToValidUTF8(quoted, "\uFFFD")
 	e.Attachments = c.atts
+}
+
+// sanitizeMail sanitises mail HTML for Email.HTML: the Matrix allow-list,
+// with cid: images kept for ToMatrix and other images replaced by their alt
+// text (remote images would leak that the mail was read).
+func sanitizeMail(s string) string {
+	s = rewriteImages(s, func(src string) (string, bool) {
+		return src, mxcOrCIDRe.MatchString(src)
+	})
+	return sanitizeWith(parsePolicy(), s)
 }

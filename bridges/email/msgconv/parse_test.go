@@ -2,8 +2,10 @@ package msgconv
 
 import (
 	"errors"
+	"io"
 	"strings"
 	"testing"
+	"time"
 )
 
 func parseString(t *testing.T, s string, opts ParseOptions) *Email {
@@ -247,5 +249,54 @@ func TestParseMediaType(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestParseHostileShapes: inputs shaped to make naive parsers quadratic
+// finish quickly.
+func TestParseHostileShapes(t *testing.T) {
+	t.Parallel()
+	cases := map[string]string{
+		"many folded lines":      "From: a@example.com\nSubject: x" + strings.Repeat("\n y", 200000) + "\n\nbody",
+		"many encoded words":     "From: a@example.com\nSubject: " + strings.Repeat("=?utf-8?q?a?= ", 100000) + "\n\nbody",
+		"many open words":        "From: a@example.com\nSubject: " + strings.Repeat("=?x", 100000) + "\n\nbody",
+		"many addresses":         "From: a@example.com\nTo: " + strings.Repeat("b@example.com, ", 50000) + "\n\nbody",
+		"many references":        "From: a@example.com\nReferences: " + strings.Repeat("<r@x> ", 100000) + "\n\nbody",
+		"deep html":              "From: a@example.com\nContent-Type: text/html\n\n" + strings.Repeat("<blockquote><div>", 5000) + "x",
+		"many boundaries":        "From: a@example.com\nContent-Type: multipart/mixed; boundary=b\n\n" + strings.Repeat("--b\n", 200000),
+		"long line":              "From: a@example.com\n\n" + strings.Repeat("x", 4<<20),
+		"many quote lines":       "From: a@example.com\n\ntext\n" + strings.Repeat("> q\n", 200000),
+		"many attribution lines": "From: a@example.com\n\n" + strings.Repeat("On a day Bob\n", 100000),
+	}
+	for name, msg := range cases {
+		t.Run(name, func(t *testing.T) {
+			start := time.Now()
+			e, err := Parse(strings.NewReader(msg), ParseOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("took %v", d)
+			}
+			checkInvariants(t, e)
+			if _, err := ToMatrix(t.Context(), e, (&fakeUpload{}).upload); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// seekOnly hides every method of its reader but Read and Seek.
+type seekOnly struct{ io.ReadSeeker }
+
+func TestParseFromReadSeeker(t *testing.T) {
+	t.Parallel()
+	r := strings.NewReader("junk" + "From: a@example.com\r\nSubject: s\r\n\r\nbody")
+	if _, err := r.Seek(4, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	e, err := Parse(seekOnly{r}, ParseOptions{})
+	if err != nil || e.Subject != "s" || e.Text != "body" {
+		t.Fatalf("got %+v, %v", e, err)
 	}
 }
