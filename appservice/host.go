@@ -177,7 +177,7 @@ func (b *hosted) start(ctx context.Context) error {
 	}
 	go b.bridge.PostStart(ctx)
 	b.setState(StateRunning, nil)
-	b.bridge.Log.Info().Msg("Bridge started")
+	b.bridge.Log.Info().Msg("In-process bridge running")
 	return nil
 }
 

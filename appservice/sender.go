@@ -2,7 +2,9 @@
 // transaction sender that pushes room events to appservices, and the host that runs mautrix-go bridgev2 bridges
 // in-process (each with its own registration, database and appservice router mounted on the hub's mux).
 //
-// It imports the homeserver's services (rooms, storage) and registration; the homeserver must never import it.
+// It imports the homeserver's services (rooms, mxerr) and registration, and bridgev2 for hosting; it must not
+// import hub or any bridge (bridges are handed in as bridgev2.NetworkConnector values), and the homeserver must
+// never import it.
 package appservice
 
 import (

@@ -95,48 +95,81 @@ func roundTrip(t *testing.T, tag string, db configs.Database) {
 		return r == dm.RoomID && e.Type == event.StateMember && e.GetStateKey() == bot.String() &&
 			e.Content.AsMember().Membership == event.MembershipJoin
 	})
-	if _, err := cli.SendText(ctx, dm.RoomID, "login"); err != nil {
-		t.Fatal(err)
-	}
 	answers := map[string]string{
 		"email address": aliceAddr,
 		"IMAP server":   ms.Host, "IMAP port": strconv.Itoa(ms.IMAPPort), "IMAP security": "none",
 		"SMTP server": ms.Host, "SMTP port": strconv.Itoa(ms.SMTPPort), "SMTP security": "none",
 		"user name": aliceAddr,
-		"password":  alicePass,
 	}
-	asked := map[string]bool{}
-	for loggedIn := false; !loggedIn; {
-		_, e := s.wait("a reply from the bot", func(r id.RoomID, e *event.Event) bool {
-			return r == dm.RoomID && e.Sender == bot && e.Type == event.EventMessage
-		})
-		body := e.Content.AsMessage().Body
-		first, _, _ := strings.Cut(body, "\n")
-		switch {
-		case strings.HasPrefix(first, "Please enter your "):
-			name := strings.TrimPrefix(first, "Please enter your ")
-			answer, ok := answers[name]
-			if !ok {
-				t.Fatalf("the bot asks for %q, which the login dialogue should not need:\n%s", name, body)
+	// loginDialogue sends "login", answers every prompt, and returns the bot's final reply and whether it is
+	// a success.
+	loginDialogue := func(password string) (string, bool) {
+		t.Helper()
+		if _, err := cli.SendText(ctx, dm.RoomID, "login"); err != nil {
+			t.Fatal(err)
+		}
+		asked := map[string]bool{}
+		defer func() {
+			for name := range answers {
+				if !asked[name] {
+					t.Errorf("the bot never asked for %q", name)
+				}
 			}
-			asked[name] = true
-			if _, err := cli.SendText(ctx, dm.RoomID, answer); err != nil {
-				t.Fatal(err)
+		}()
+		for {
+			_, e := s.wait("a reply from the bot", func(r id.RoomID, e *event.Event) bool {
+				return r == dm.RoomID && e.Sender == bot && e.Type == event.EventMessage
+			})
+			body := e.Content.AsMessage().Body
+			first, _, _ := strings.Cut(body, "\n")
+			switch {
+			case strings.HasPrefix(first, "Please enter your "):
+				name := strings.TrimPrefix(first, "Please enter your ")
+				answer, ok := answers[name]
+				if name == "password" {
+					answer, ok = password, true
+				}
+				if !ok {
+					t.Fatalf("the bot asks for %q, which the login dialogue should not need:\n%s", name, body)
+				}
+				asked[name] = true
+				if _, err := cli.SendText(ctx, dm.RoomID, answer); err != nil {
+					t.Fatal(err)
+				}
+			case strings.Contains(body, "Logged in as "+aliceAddr):
+				return body, true
+			case strings.HasPrefix(body, "Failed") || strings.HasPrefix(body, "Invalid") ||
+				strings.HasPrefix(body, "Login failed") || strings.Contains(body, "Unknown command"):
+				return body, false
+			default:
+				t.Logf("bot says: %s", body)
 			}
-		case strings.Contains(body, "Logged in as "+aliceAddr):
-			loggedIn = true
-		case strings.HasPrefix(body, "Failed") || strings.HasPrefix(body, "Invalid") ||
-			strings.HasPrefix(body, "Login failed") || strings.Contains(body, "Unknown command"):
-			t.Fatalf("login refused: %s", body)
-		default:
-			t.Logf("bot says: %s", body)
 		}
 	}
-	for name := range answers {
-		if !asked[name] {
-			t.Errorf("the bot never asked for %q", name)
+	// A wrong password gets a clear answer, and never echoes the password.
+	const wrongPass = "not the password"
+	if reply, ok := loginDialogue(wrongPass); ok {
+		t.Fatalf("login with a wrong password succeeded: %s", reply)
+	} else if !strings.Contains(strings.ToLower(reply), "authentication failed") || strings.Contains(reply, wrongPass) {
+		t.Errorf("reply to a wrong password: %q, want a clear \"authentication failed\" without the password", reply)
+	}
+	if reply, ok := loginDialogue(alicePass); !ok {
+		t.Fatalf("login refused: %s", reply)
+	}
+	// The messages that carried passwords are redacted: the room history no longer holds them.
+	dmCounts := countBodies(t, cli, dm.RoomID, alicePass, wrongPass, aliceAddr)
+	for _, text := range []string{alicePass, wrongPass} {
+		if n := dmCounts[text]; n != 0 {
+			t.Errorf("the DM history still holds the password %q in %d message(s)", text, n)
 		}
 	}
+	if dmCounts[aliceAddr] < 2 { // control: the history is readable and holds the other answers
+		t.Errorf("the DM history holds the address %d times, want at least the two answers", dmCounts[aliceAddr])
+	}
+
+	// The provider drops the bridge's IMAP connection: it must reconnect and lose nothing.
+	time.Sleep(500 * time.Millisecond) // let the mailbox loop log in and start IDLE first
+	ms.Kick(t, aliceAddr)
 
 	// Mail arrives from outside: it becomes a portal room the user is invited to, with the message in it.
 	firstID := "<lunch-" + tag + "@remote.test>"

@@ -134,3 +134,49 @@ func TestProfileUpdatesMemberEvents(t *testing.T) {
 		}
 	})
 }
+
+func TestDevices(t *testing.T) {
+	forEachDB(t, func(t *testing.T, e *env) {
+		alice := e.user("alice")
+		second := e.client()
+		login, err := second.Login(ctx(t), &mautrix.ReqLogin{Type: mautrix.AuthTypePassword, DeviceID: "PHONE",
+			InitialDeviceDisplayName: "Phone", StoreCredentials: true,
+			Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: "alice"}, Password: "pw-alice"})
+		if err != nil || login.DeviceID != "PHONE" {
+			t.Fatalf("login with device id: %+v %v", login, err)
+		}
+		status, body := e.do("GET", "/_matrix/client/v3/devices", alice.AccessToken, nil)
+		if devs, _ := body["devices"].([]any); status != 200 || len(devs) != 2 {
+			t.Fatalf("devices: %d %v", status, body)
+		}
+		status, body = e.do("PUT", "/_matrix/client/v3/devices/PHONE", alice.AccessToken, `{"display_name":"Old phone"}`)
+		if status != 200 {
+			t.Fatalf("rename: %d %v", status, body)
+		}
+		status, body = e.do("GET", "/_matrix/client/v3/devices/PHONE", alice.AccessToken, nil)
+		if status != 200 || body["display_name"] != "Old phone" {
+			t.Fatalf("device: %d %v", status, body)
+		}
+		// Deleting needs the password (UIA), then the device's token is dead.
+		status, body = e.do("DELETE", "/_matrix/client/v3/devices/PHONE", alice.AccessToken, `{}`)
+		if status != 401 || body["flows"] == nil {
+			t.Fatalf("delete without auth: %d %v", status, body)
+		}
+		status, body = e.do("DELETE", "/_matrix/client/v3/devices/PHONE", alice.AccessToken,
+			`{"auth":{"type":"m.login.password","password":"wrong"}}`)
+		if status != 403 {
+			t.Fatalf("delete with a wrong password: %d %v", status, body)
+		}
+		status, body = e.do("DELETE", "/_matrix/client/v3/devices/PHONE", alice.AccessToken,
+			`{"auth":{"type":"m.login.password","password":"pw-alice","identifier":{"type":"m.id.user","user":"alice"}}}`)
+		if status != 200 {
+			t.Fatalf("delete: %d %v", status, body)
+		}
+		_, err = second.Whoami(ctx(t))
+		wantErr(t, err, "M_UNKNOWN_TOKEN")
+		status, _ = e.do("GET", "/_matrix/client/v3/devices/PHONE", alice.AccessToken, nil)
+		if status != 404 {
+			t.Fatalf("deleted device still there: %d", status)
+		}
+	})
+}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix"
 )
@@ -24,6 +25,9 @@ var garbageBodies = []string{
 	`{"m.fully_read":5}`, `{"m.read":"$nope"}`, `{"thread_id":7}`, `{"room":{"timeline":{"limit":"5"}}}`,
 	`{"nonce":5}`, `{"transaction_id":[]}`, `{"filter":{"generic_search_term":1}}`,
 }
+
+// garbageClient fails a request that hangs instead of hanging the test.
+var garbageClient = &http.Client{Timeout: 20 * time.Second}
 
 type garbageTarget struct{ method, path string }
 
@@ -57,9 +61,9 @@ func checkNo500(t testing.TB, g *garbageEnv, tgt garbageTarget, body []byte) {
 		t.Fatal(err)
 	}
 	req.Header.Set("Authorization", "Bearer "+g.token)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := garbageClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%s %s with %q: %v", tgt.method, tgt.path, truncate(body), err)
 	}
 	data, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()

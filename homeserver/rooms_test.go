@@ -296,6 +296,31 @@ func TestSendStateRedactMessages(t *testing.T) {
 				t.Fatalf("forward and backward orders differ at %d", i)
 			}
 		}
+		// Context around the 11th text message: 3 before, 3 after, in order, and tokens that continue.
+		all, err := bob.Messages(ctx(t), room.RoomID, "", "", mautrix.DirectionForward, nil, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var texts []*event.Event
+		for _, ev := range all.Chunk {
+			if ev.Type == event.EventMessage && ev.Content.Raw["body"] != nil {
+				texts = append(texts, ev)
+			}
+		}
+		mid := texts[11]
+		cx, err := bob.Context(ctx(t), room.RoomID, mid.ID, nil, 6)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cx.Event.ID != mid.ID || len(cx.EventsBefore) != 3 || len(cx.EventsAfter) != 3 ||
+			cx.EventsBefore[0].ID != texts[10].ID || cx.EventsAfter[0].ID != texts[12].ID || len(cx.State) == 0 {
+			t.Fatalf("context: event %s, %d before, %d after", cx.Event.ID, len(cx.EventsBefore), len(cx.EventsAfter))
+		}
+		nextPage, err := bob.Messages(ctx(t), room.RoomID, cx.End, "", mautrix.DirectionForward, nil, 1)
+		if err != nil || len(nextPage.Chunk) != 1 || nextPage.Chunk[0].ID != texts[15].ID {
+			t.Fatalf("context end token: %+v %v", nextPage, err)
+		}
+
 		// A type filter on /messages.
 		resp, err := bob.Messages(ctx(t), room.RoomID, "", "", mautrix.DirectionBackward,
 			&mautrix.FilterPart{Types: []event.Type{event.StateTopic}}, 50)

@@ -287,3 +287,49 @@ func TestSyncAccountDataTypingReceipts(t *testing.T) {
 		}
 	})
 }
+
+// TestSyncEventsWhileInvited is the regression test for messages sent while the user was only invited: once the
+// user joins, they are in the joined room's timeline (the room is sent like in an initial sync).
+func TestSyncEventsWhileInvited(t *testing.T) {
+	forEachDB(t, func(t *testing.T, e *env) {
+		alice, bob := e.user("alice"), e.user("bob")
+		_, since := syncUntil(t, alice, "", func(*mautrix.RespSync) bool { return true })
+		room, err := bob.CreateRoom(ctx(t), &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{alice.UserID}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, since = syncUntil(t, alice, since, func(r *mautrix.RespSync) bool { return r.Rooms.Invite[room.RoomID] != nil })
+		early, err := bob.SendText(ctx(t), room.RoomID, "sent while you were invited")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Alice's token moves past the message while she is still only invited.
+		resp, err := alice.SyncRequest(ctx(t), 0, since, "", false, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		since = resp.NextBatch
+		if _, err := alice.JoinRoomByID(ctx(t), room.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		resp, _ = syncUntil(t, alice, since, func(r *mautrix.RespSync) bool { return r.Rooms.Join[room.RoomID] != nil })
+		found := false
+		for _, ev := range resp.Rooms.Join[room.RoomID].Timeline.Events {
+			found = found || ev.ID == early.EventID
+		}
+		if !found {
+			t.Fatalf("the message sent while alice was invited is missing from her timeline")
+		}
+		// A later profile change (join → join) is not treated as a new join: no history replay.
+		_, since = syncUntil(t, alice, resp.NextBatch, func(*mautrix.RespSync) bool { return true })
+		if err := alice.SetDisplayName(ctx(t), "Alice"); err != nil {
+			t.Fatal(err)
+		}
+		resp, _ = syncUntil(t, alice, since, func(r *mautrix.RespSync) bool { return r.Rooms.Join[room.RoomID] != nil })
+		for _, ev := range resp.Rooms.Join[room.RoomID].Timeline.Events {
+			if ev.ID == early.EventID {
+				t.Fatalf("old history replayed after a profile change")
+			}
+		}
+	})
+}

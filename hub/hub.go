@@ -189,6 +189,8 @@ func (h *Hub) Serve(ctx context.Context, ln net.Listener) error {
 		ReadHeaderTimeout: readHeaderTimeout,
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
+	// Waiting /sync long-polls (up to minutes) answer at once when Shutdown starts instead of holding it up.
+	srv.RegisterOnShutdown(h.hs.BeginShutdown)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	h.log.Info().Str("address", ln.Addr().String()).Str("server_name", h.cfg.Server.ServerName).Msg("Homeserver listening")

@@ -346,3 +346,29 @@ func TestStatusEndpoint(t *testing.T) {
 		t.Errorf("admin: HTTP %d %+v", code, st)
 	}
 }
+
+// TestShutdownDuringLongPoll: cancelling the hub's context while a client waits in /sync ends the hub
+// promptly, answers the long-poll, and the next start serves the same data.
+func TestShutdownDuringLongPoll(t *testing.T) {
+	cfg := testConfig(t)
+	rh := startHub(t, cfg)
+	alice := newUser(t, rh, "alice")
+	s := &syncer{cli: alice}
+	s.initial(t)
+	polled := make(chan error, 1)
+	go func() {
+		_, err := alice.FullSyncRequest(context.Background(), mautrix.ReqSync{Since: s.since, Timeout: 120000})
+		polled <- err
+	}()
+	time.Sleep(300 * time.Millisecond) // let the long-poll start waiting
+	start := time.Now()
+	rh.shutdown(t)
+	if d := time.Since(start); d > 8*time.Second {
+		t.Errorf("shutdown took %v with a long-poll waiting", d)
+	}
+	select {
+	case <-polled:
+	case <-time.After(5 * time.Second):
+		t.Error("the waiting /sync was not answered at shutdown")
+	}
+}

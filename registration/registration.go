@@ -3,8 +3,8 @@
 // ephemeral-event flags). The homeserver uses it to authenticate appservices and to decide which users, aliases
 // and rooms an appservice owns; the hub uses it to generate the registrations of its in-process bridges.
 //
-// Namespace regexes are matched against the whole identifier (full match), so "@email_.*:localhost" never
-// matches "@x:evil@email_y:localhost"-style substrings.
+// Namespace regexes are matched against the whole identifier (full match), so "@email_.*:localhost" does not
+// match "@email_x:localhost.evil.example" as an unanchored search would.
 //
 // It must not import anything from the project except leaf packages: the homeserver imports it.
 package registration
@@ -30,7 +30,8 @@ import (
 )
 
 // Registration is one appservice registration. The embedded mautrix type carries the YAML fields exactly as
-// Synapse and mautrix bridges write them; this wrapper adds validation and compiled namespace matching.
+// Synapse and mautrix bridges write them; this wrapper adds validation and compiled namespace matching. The
+// compiled regexes are cached on first use: code that edits Namespaces afterwards must call Validate again.
 type Registration struct {
 	appservice.Registration `yaml:",inline"`
 

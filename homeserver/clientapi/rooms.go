@@ -51,6 +51,13 @@ func (a *API) createRoom(w http.ResponseWriter, r *http.Request, au *Auth) {
 			return
 		}
 	}
+	if req.RoomAliasName != "" {
+		alias := id.RoomAlias("#" + req.RoomAliasName + ":" + a.cfg.ServerName)
+		if err := a.checkAliasNamespace(au, alias); err != nil {
+			RespondError(w, r, err)
+			return
+		}
+	}
 	roomID, err := a.rooms.CreateRoom(r.Context(), au.User, &req)
 	if err != nil {
 		RespondError(w, r, err)

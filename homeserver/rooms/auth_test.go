@@ -67,6 +67,7 @@ func content2map(v any) map[string]any { m, _ := v.(map[string]any); return m }
 func sk(s string) *string { return &s }
 
 func TestAuthorizationRules(t *testing.T) {
+	t.Parallel()
 	type tc struct {
 		state    func(version string) *authState
 		sender   id.UserID
@@ -233,6 +234,7 @@ func modPL(version string) *authState {
 }
 
 func TestAuthorizeCreate(t *testing.T) {
+	t.Parallel()
 	empty := func() *authState { return &authState{members: map[id.UserID]*Event{}} }
 	for name, c := range map[string]struct {
 		version, content string

@@ -785,3 +785,22 @@ func TestStateAtMatchesReplay(t *testing.T) {
 		}
 	})
 }
+
+// TestRefusesNewerDatabase checks that a database migrated by a newer binary is not touched.
+func TestRefusesNewerDatabase(t *testing.T) {
+	dbtest.Run(t, func(t *testing.T, db *dbutil.Database) {
+		ctx := t.Context()
+		newService(t, db)
+		if _, err := db.Exec(ctx, `UPDATE rooms_version SET version = 99, compat = 99`); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := New(ctx, db, "example.org", nopLog); err == nil {
+			t.Fatal("opened a database of a newer version")
+		}
+		// Re-opening at the current version is a no-op.
+		if _, err := db.Exec(ctx, `UPDATE rooms_version SET version = 1, compat = 1`); err != nil {
+			t.Fatal(err)
+		}
+		newService(t, db)
+	})
+}

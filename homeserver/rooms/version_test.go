@@ -25,6 +25,7 @@ func loadPDU(t testing.TB, path string) map[string]any {
 // TestEventIDGolden checks content hashes and event IDs against values computed independently with Python's
 // json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False) and hashlib, following the spec.
 func TestEventIDGolden(t *testing.T) {
+	t.Parallel()
 	for name, tc := range map[string]struct {
 		file, version, hash, eventID string
 	}{
@@ -55,6 +56,7 @@ func TestEventIDGolden(t *testing.T) {
 }
 
 func TestRedact(t *testing.T) {
+	t.Parallel()
 	base := func(evType string, content string, extra map[string]any) map[string]any {
 		var c map[string]any
 		if err := json.Unmarshal([]byte(content), &c); err != nil {

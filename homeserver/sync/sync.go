@@ -303,9 +303,13 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 		if err != nil {
 			return nil, fmt.Errorf("membership in %s: %w", room, err)
 		}
-		newly := initial || req.FullState || (memberEv != nil && memberEv.StreamPos > since.Events)
+		// A room the user joined after since is sent like in an initial sync: the newest events (limited) and
+		// the full state before them. Events sent while the user was only invited are after since's invite
+		// but before the join, and must reach the client too. A join → join change (a profile update) is not
+		// a new join.
+		newly := initial || req.FullState || (memberEv != nil && memberEv.StreamPos > since.Events && prevMembership(memberEv) != "join")
 		after := since.Events
-		if initial {
+		if newly {
 			after = 0
 		}
 		evs, limited, err := s.rooms.RoomEventsBetween(ctx, room, after, evPos, limit)
@@ -419,6 +423,28 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 	resp.empty = len(resp.AccountData.Events) == 0 && len(resp.Rooms.Join) == 0 &&
 		len(resp.Rooms.Invite) == 0 && len(resp.Rooms.Leave) == 0
 	return resp, nil
+}
+
+// prevMembership returns the membership a member event replaced ("" when it is the first).
+func prevMembership(ev *rooms.Event) string {
+	prev, ok := ev.Unsigned["prev_content"]
+	if !ok || prev == nil {
+		return ""
+	}
+	var raw []byte
+	switch p := prev.(type) {
+	case json.RawMessage:
+		raw = p
+	case []byte:
+		raw = p
+	default:
+		raw, _ = json.Marshal(p)
+	}
+	var c struct {
+		Membership string `json:"membership"`
+	}
+	_ = json.Unmarshal(raw, &c)
+	return c.Membership
 }
 
 // prevBatch is the pagination token just before the first timeline event (or at upTo for an empty timeline).

@@ -148,7 +148,7 @@ func (s *Service) CheckPassword(ctx context.Context, userID id.UserID, password 
 		Scan(&hash, &deactivated)
 	if errors.Is(err, sql.ErrNoRows) {
 		// Spend the time a real check would, so timing does not reveal which accounts exist.
-		_ = bcrypt.CompareHashAndPassword(dummyHash, []byte(password))
+		_ = bcrypt.CompareHashAndPassword(dummyHash(), []byte(password))
 		return errBadLogin()
 	} else if err != nil {
 		return fmt.Errorf("load password of %s: %w", userID, err)
@@ -162,8 +162,12 @@ func (s *Service) CheckPassword(ctx context.Context, userID id.UserID, password 
 	return nil
 }
 
-// dummyHash is compared against when the account does not exist.
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("passerelle timing equaliser"), bcrypt.DefaultCost)
+// dummyHash is compared against when the account does not exist. It is made on first use: hashing at
+// package init would cost every program that imports users a bcrypt round at start.
+var dummyHash = sync.OnceValue(func() []byte {
+	h, _ := bcrypt.GenerateFromPassword([]byte("passerelle timing equaliser"), bcrypt.DefaultCost)
+	return h
+})
 
 // SetPassword replaces a user's password ("" disables password login).
 func (s *Service) SetPassword(ctx context.Context, userID id.UserID, password string) error {

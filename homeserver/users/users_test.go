@@ -38,6 +38,7 @@ func wantCode(t *testing.T, err error, code string) {
 }
 
 func TestValidLocalpart(t *testing.T) {
+	t.Parallel()
 	s := &Service{serverName: "example.org"}
 	for name, tc := range map[string]struct {
 		localpart string

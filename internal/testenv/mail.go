@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -236,6 +237,25 @@ func seqRange(n uint32) []uint32 {
 		s[i] = uint32(i) + 1
 	}
 	return s
+}
+
+// Kick disconnects every IMAP session of address at once (doveadm kick), as a provider dropping connections
+// would. Clients must notice and reconnect.
+func (m *MailServers) Kick(t testing.TB, address string) {
+	t.Helper()
+	doveadm, ok := findBinary("doveadm", "/usr/bin")
+	if !ok {
+		t.Fatal("testenv: doveadm is not installed (package dovecot-core)")
+	}
+	cmd := exec.Command(doveadm, "-c", filepath.Join(m.dir, "dovecot", "dovecot.conf"), "kick", strings.ToLower(address))
+	if err := run(cmd); err != nil {
+		// doveadm exits 68 (EX_NOUSER) when the user had no session: nothing to kick is fine.
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() == 68 {
+			return
+		}
+		t.Fatalf("testenv: kick %s: %v", address, err)
+	}
 }
 
 // startMail writes Dovecot's and Postfix's configuration into the process's temp root and starts both.

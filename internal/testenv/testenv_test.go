@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-sasl"
 	"github.com/jackc/pgx/v5"
 )
@@ -224,5 +225,28 @@ func TestPostgresParallel(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+func TestMailKick(t *testing.T) {
+	ms := Mail(t)
+	addr := ms.AddUser(t, "kicked", "pw")
+	ms.Kick(t, addr) // no session: not an error
+	c, err := imapclient.DialInsecure(ms.IMAPAddr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(addr, "pw").Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	ms.Kick(t, addr)
+	select {
+	case <-c.Closed():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the session survived the kick")
 	}
 }

@@ -264,8 +264,9 @@ func allocDuring(fn func()) uint64 {
 }
 
 // TestHugeAttachment: 22 MiB decoded (about 30 MB of base64). Over the
-// limit it is dropped with a notice; under it, kept. Either way the total
-// allocated during Parse stays under three times the file size.
+// limit it is dropped with a notice and Parse allocates little more than the
+// message; under it, kept, and the total allocated during Parse stays under
+// three times the file size.
 func TestHugeAttachment(t *testing.T) {
 	if testing.Short() {
 		t.Skip("generates a 30 MB message")
@@ -281,7 +282,9 @@ func TestHugeAttachment(t *testing.T) {
 	t.Run("over the limit", func(t *testing.T) {
 		var e *Email
 		alloc := allocDuring(func() { e = parseFile(t, path, ParseOptions{MaxAttachmentBytes: 10 << 20}) })
-		if alloc > 3*size {
+		// A dropped attachment is counted, never buffered: the message itself
+		// is the only large allocation.
+		if alloc > size*3/2 {
 			t.Errorf("allocated %d bytes for a %d byte message", alloc, size)
 		}
 		t.Logf("allocated %.1f MiB for a %.1f MiB message", float64(alloc)/(1<<20), float64(size)/(1<<20))

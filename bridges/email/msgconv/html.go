@@ -387,8 +387,7 @@ func (w *textWriter) lines(n int) {
 	w.space = false
 }
 
-func (w *textWriter) node(nd *html.Node, depth int) {
-	n := nd
+func (w *textWriter) node(n *html.Node, depth int) {
 	if depth > 200 {
 		return
 	}
@@ -425,13 +424,13 @@ func (w *textWriter) node(nd *html.Node, depth int) {
 	case atom.P, atom.H1, atom.H2, atom.H3, atom.H4, atom.H5, atom.H6, atom.Table:
 		// Word writes every line as its own <p class="MsoNormal">: those are
 		// lines, not paragraphs.
-		n := 2
-		if hasClass(nd, "MsoNormal") {
-			n = 1
+		breaks := 2
+		if hasClass(n, "MsoNormal") {
+			breaks = 1
 		}
-		w.lines(n)
+		w.lines(breaks)
 		children()
-		w.lines(n)
+		w.lines(breaks)
 	case atom.Div, atom.Tr, atom.Section, atom.Article, atom.Header, atom.Footer, atom.Details, atom.Summary, atom.Center, atom.Address, atom.Dd, atom.Dt, atom.Caption:
 		w.lines(1)
 		children()

@@ -61,6 +61,7 @@ func TestHTMLToText(t *testing.T) {
 		{"inline tags", "a<b>b</b><i> c</i>", "ab c"},
 		{"hr", "a<hr>b", "a\n---\nb"},
 		{"full document", "<html><head><title>T</title></head><body><div>x</div></body></html>", "x"},
+		{"outlook lines", `<p class="MsoNormal">Gut.</p><p class="MsoNormal">Gruß</p><p>Para</p>`, "Gut.\nGruß\n\nPara"},
 		{"empty", "", ""},
 	}
 	for _, c := range cases {

@@ -106,7 +106,7 @@ func TestToMatrixAttachments(t *testing.T) {
 		t.Errorf("type by name = %q", cm.Parts[4].Content.Info.MimeType)
 	}
 	notice := cm.Parts[5].Content.Body
-	for _, s := range []string{"scan.tiff (30.0 MiB): larger than the 10.0 MiB limit", "refused.bin (1 bytes): upload failed: M_TOO_LARGE"} {
+	for _, s := range []string{"scan.tiff (30.0 MiB): larger than the 10.0 MiB limit", "refused.bin (1 byte): upload failed: M_TOO_LARGE"} {
 		if !strings.Contains(notice, s) {
 			t.Errorf("notice %q lacks %q", notice, s)
 		}

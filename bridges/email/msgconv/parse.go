@@ -372,8 +372,14 @@ func (p *parser) decodeAll(cte string, body []byte) []byte {
 // readAttachment decodes the content of att, keeping it only when it fits
 // the size limit; otherwise only the size is counted.
 func (p *parser) readAttachment(att *Attachment, cte string, body []byte) {
-	r, f := decodeTransfer(cte, body)
 	limit := p.opts.MaxAttachmentBytes
+	if n, exact := decodedSize(cte, body); exact && limit > 0 && n > limit {
+		// Known to be too large without decoding: count, do not buffer.
+		att.Size = n
+		att.Dropped = fmt.Sprintf("larger than the %s limit", humanSize(limit))
+		return
+	}
+	r, f := decodeTransfer(cte, body)
 	est := int64(len(body))
 	if cte == "base64" {
 		est = est * 3 / 4
@@ -406,6 +412,25 @@ func (p *parser) readAttachment(att *Attachment, cte string, body []byte) {
 	if buf != nil {
 		att.Data = buf.Bytes()
 	}
+}
+
+// decodedSize returns the decoded size of a body when it can be known
+// without decoding: base64 (by counting alphabet characters) and identity
+// encodings.
+func decodedSize(cte string, body []byte) (int64, bool) {
+	switch cte {
+	case "base64":
+		var n int64
+		for _, c := range body {
+			if 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '+' || c == '/' {
+				n++
+			}
+		}
+		return n * 6 / 8, true
+	case "", "7bit", "8bit", "binary":
+		return int64(len(body)), true
+	}
+	return 0, false
 }
 
 // cleanFilename keeps the last path element of a file name and removes
@@ -455,6 +480,8 @@ func humanSize(n int64) string {
 		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 	case n >= 1<<10:
 		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	case n == 1:
+		return "1 byte"
 	default:
 		return fmt.Sprintf("%d bytes", n)
 	}

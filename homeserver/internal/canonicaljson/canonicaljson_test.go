@@ -9,6 +9,7 @@ import (
 )
 
 func TestCanonicalizeSpecExamples(t *testing.T) {
+	t.Parallel()
 	// The examples of the spec's appendix "Canonical JSON", plus escaping cases.
 	for name, tc := range map[string]struct{ in, want string }{
 		"empty":          {`{}`, `{}`},
@@ -44,6 +45,7 @@ func TestCanonicalizeSpecExamples(t *testing.T) {
 }
 
 func TestCanonicalizeRefuses(t *testing.T) {
+	t.Parallel()
 	for name, in := range map[string]string{
 		"float":        `{"a": 1.5}`,
 		"too big":      `9007199254740992`,
@@ -65,6 +67,7 @@ func TestCanonicalizeRefuses(t *testing.T) {
 }
 
 func TestMarshalStruct(t *testing.T) {
+	t.Parallel()
 	got, err := Marshal(struct {
 		Z string         `json:"z"`
 		A map[string]int `json:"a"`
