@@ -60,6 +60,11 @@ type BridgeSpec struct {
 	UsernameTemplate string
 	// Admins get the bridge's admin permission level; every other user of ServerName gets "user".
 	Admins []id.UserID
+	// StatusNotices chooses which login state changes the bot reports in the user's management room: "errors"
+	// (the default when empty: bad credentials, unknown errors, and a disconnect not resolved after 3 minutes),
+	// "all" or "none". Note: mautrix v0.33.0 has a data race (seen with -race) in its delayed-disconnect notice,
+	// which only "errors" reaches, when a connector reports TRANSIENT_DISCONNECT.
+	StatusNotices string
 }
 
 // BridgeState is the life-cycle state of one hosted bridge.
@@ -253,6 +258,13 @@ func BridgeConfig(spec BridgeSpec, serverName string) (*bridgeconfig.Config, err
 	cfg.Bridge.PrivateChatPortalMeta = true
 	// Tell users in their management room when a login breaks, not on every transient state.
 	cfg.Bridge.BridgeStatusNotices = "errors"
+	switch spec.StatusNotices {
+	case "":
+	case "errors", "all", "none":
+		cfg.Bridge.BridgeStatusNotices = spec.StatusNotices
+	default:
+		return nil, fmt.Errorf("status notices %q: want errors, all or none", spec.StatusNotices)
+	}
 	cfg.Bridge.UnknownErrorMaxAutoReconnects = 10
 	cfg.Bridge.TagOnlyOnCreate = true
 	cfg.Bridge.MuteOnlyOnCreate = true

@@ -166,6 +166,17 @@ func TestBridgeConfig(t *testing.T) {
 	if cfg.Bridge.CommandPrefix != "!fake" || cfg.Bridge.PortalEventBuffer <= 0 {
 		t.Errorf("bridge defaults: prefix %q buffer %d", cfg.Bridge.CommandPrefix, cfg.Bridge.PortalEventBuffer)
 	}
+	if cfg.Bridge.BridgeStatusNotices != "errors" {
+		t.Errorf("default status notices %q", cfg.Bridge.BridgeStatusNotices)
+	}
+	spec.StatusNotices = "none"
+	if cfg2, err := BridgeConfig(spec, "hs"); err != nil || cfg2.Bridge.BridgeStatusNotices != "none" {
+		t.Errorf("status notices override: %v", err)
+	}
+	spec.StatusNotices = "loud"
+	if _, err := BridgeConfig(spec, "hs"); err == nil {
+		t.Error("unknown status notices value accepted")
+	}
 	if !cfg.Bridge.Permissions.IsConfigured() {
 		t.Error("bridgev2 would treat the permissions as unconfigured")
 	}

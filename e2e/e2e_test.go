@@ -3,7 +3,11 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"fmt"
+	"image"
+	"image/color"
+	"image/png"
 	"net"
 	"net/mail"
 	"strconv"
@@ -212,16 +216,38 @@ func roundTrip(t *testing.T, tag string, db configs.Database) {
 	// Restart the hub: nothing is bridged twice, and the thread goes on in the same room.
 	h.stop(t)
 	h = startHub(t, cfg, h.addr)
-	ms.Deliver(t, carolAddr, []string{aliceAddr}, rawMail(map[string]string{
+	// The answer is a typical client's mail: text and HTML alternatives (the HTML with a script that must not
+	// survive) and an image attachment that must arrive as Matrix media.
+	png := testPNG(t)
+	ms.Deliver(t, carolAddr, []string{aliceAddr}, rawMultipartMail(map[string]string{
 		"From": "Carol Outside <" + carolAddr + ">", "To": "Alice <" + aliceAddr + ">",
 		"Subject": "Re: Lunch on Friday?", "Message-ID": "<lunch2-" + tag + "@remote.test>",
 		"In-Reply-To": replyID, "References": firstID + " " + replyID,
-	}, "See you there.\r\n"))
-	room, _ := s.wait("the second mail of the thread", func(r id.RoomID, e *event.Event) bool {
+	}, "See you there.\r\n", `<p>See you <b>there</b>.</p><script>alert("x")</script>`, "map.png", png))
+	room, answer := s.wait("the second mail of the thread", func(r id.RoomID, e *event.Event) bool {
 		return e.Type == event.EventMessage && strings.Contains(e.Content.AsMessage().Body, "See you there.")
 	})
 	if room != portal {
 		t.Errorf("the thread's second mail went to %s, want the thread's portal %s", room, portal)
+	}
+	if html := answer.Content.AsMessage().FormattedBody; strings.Contains(strings.ToLower(html), "<script") {
+		t.Errorf("the HTML body was not sanitised: %s", html)
+	}
+	_, img := s.wait("the attachment of the second mail", func(r id.RoomID, e *event.Event) bool {
+		if r != portal || e.Type != event.EventMessage {
+			return false
+		}
+		m := e.Content.AsMessage()
+		return m.MsgType == event.MsgImage || m.MsgType == event.MsgFile
+	})
+	if m := img.Content.AsMessage(); m.MsgType != event.MsgImage || (m.FileName != "map.png" && m.Body != "map.png") {
+		t.Errorf("attachment arrived as %s %q / %q, want m.image map.png", m.MsgType, m.Body, m.FileName)
+	} else if mxc, err := m.URL.Parse(); err != nil {
+		t.Errorf("attachment URL %q: %v", m.URL, err)
+	} else if data, err := cli.DownloadBytes(ctx, mxc); err != nil {
+		t.Errorf("download %s: %v", mxc, err)
+	} else if !bytes.Equal(data, png) {
+		t.Errorf("downloaded attachment differs from the mailed one (%d vs %d bytes)", len(data), len(png))
 	}
 	// Give a duplicate the time it would need to show up, then count.
 	time.Sleep(3 * time.Second)
@@ -492,4 +518,44 @@ func parseMail(t *testing.T, raw []byte) *parsedMail {
 		t.Fatalf("parse mail: %v\n%s", err, raw)
 	}
 	return &parsedMail{env: env, text: env.Text}
+}
+
+// rawMultipartMail builds a multipart/mixed message: text and HTML alternatives, then one PNG attachment.
+func rawMultipartMail(headers map[string]string, text, html, filename string, png []byte) []byte {
+	var b bytes.Buffer
+	for _, k := range []string{"From", "To", "Subject", "Message-ID", "In-Reply-To", "References"} {
+		if v, ok := headers[k]; ok {
+			fmt.Fprintf(&b, "%s: %s\r\n", k, v)
+		}
+	}
+	fmt.Fprintf(&b, "Date: %s\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"mixed-b\"\r\n\r\n",
+		time.Now().Format(time.RFC1123Z))
+	fmt.Fprintf(&b, "--mixed-b\r\nContent-Type: multipart/alternative; boundary=\"alt-b\"\r\n\r\n")
+	fmt.Fprintf(&b, "--alt-b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n%s\r\n", text)
+	fmt.Fprintf(&b, "--alt-b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n%s\r\n--alt-b--\r\n", html)
+	fmt.Fprintf(&b, "--mixed-b\r\nContent-Type: image/png; name=\"%s\"\r\nContent-Disposition: attachment; filename=\"%s\"\r\n"+
+		"Content-Transfer-Encoding: base64\r\n\r\n", filename, filename)
+	enc := base64.StdEncoding.EncodeToString(png)
+	for len(enc) > 76 {
+		b.WriteString(enc[:76] + "\r\n")
+		enc = enc[76:]
+	}
+	b.WriteString(enc + "\r\n--mixed-b--\r\n")
+	return b.Bytes()
+}
+
+// testPNG is a small real PNG image.
+func testPNG(t *testing.T) []byte {
+	t.Helper()
+	img := image.NewRGBA(image.Rect(0, 0, 8, 6))
+	for x := range 8 {
+		for y := range 6 {
+			img.Set(x, y, color.RGBA{R: uint8(30 * x), G: uint8(40 * y), B: 200, A: 255})
+		}
+	}
+	var b bytes.Buffer
+	if err := png.Encode(&b, img); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
 }

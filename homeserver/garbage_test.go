@@ -23,7 +23,7 @@ var garbageBodies = []string{
 	`{"preset":5}`, `{"invite":["@a"]}`, `{"initial_state":[{"type":5}]}`, `{"power_level_content_override":{"users":{"@a:b":"100"}}}`,
 	`{"creation_content":[]}`, `{"room_version":11}`, `{"membership":"join"}`, `{"displayname":{}}`, `{"avatar_url":"http://x"}`,
 	`{"m.fully_read":5}`, `{"m.read":"$nope"}`, `{"thread_id":7}`, `{"room":{"timeline":{"limit":"5"}}}`,
-	`{"nonce":5}`, `{"transaction_id":[]}`, `{"filter":{"generic_search_term":1}}`,
+	`{"nonce":5}`, `{"presence":"online","status_msg":5}`, `{"search_term":null}`, `{"auth":{"type":"m.login.password","password":5}}`, `{"transaction_id":[]}`, `{"filter":{"generic_search_term":1}}`,
 }
 
 // garbageClient fails a request that hangs instead of hanging the test.
@@ -45,7 +45,9 @@ func garbageTargets(room, user string) []garbageTarget {
 		{"PUT", "/_matrix/client/v3/user/" + user + "/account_data/org.x"}, {"PUT", "/_matrix/client/v3/user/" + user + "/rooms/" + room + "/account_data/org.x"},
 		{"PUT", "/_matrix/client/v3/directory/room/%23g:localhost"}, {"PUT", "/_matrix/client/v3/directory/list/room/" + room},
 		{"POST", "/_matrix/client/v3/publicRooms"}, {"POST", "/_synapse/admin/v1/register"}, {"POST", "/_matrix/media/v3/upload"},
-		{"POST", "/_matrix/client/v1/appservice/x/ping"},
+		{"POST", "/_matrix/client/v1/appservice/x/ping"}, {"PUT", "/_matrix/client/v3/presence/" + user + "/status"},
+		{"POST", "/_matrix/client/v3/user_directory/search"}, {"DELETE", "/_matrix/client/v3/devices/NOPE"},
+		{"PUT", "/_matrix/client/v3/devices/NOPE"},
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/passerelle/passerelle/configs"
 	"github.com/passerelle/passerelle/homeserver/admin"
 	"github.com/passerelle/passerelle/homeserver/clientapi"
+	"github.com/passerelle/passerelle/homeserver/e2ee"
 	"github.com/passerelle/passerelle/homeserver/media"
 	"github.com/passerelle/passerelle/homeserver/mxerr"
 	"github.com/passerelle/passerelle/homeserver/rooms"
@@ -50,6 +51,7 @@ type Server struct {
 	rooms   *rooms.Service
 	users   *users.Service
 	sync    *hsync.Service
+	e2ee    *e2ee.Service
 	media   *media.Service
 	as      *registration.Set
 	mux     *http.ServeMux
@@ -93,6 +95,11 @@ func (s *Server) init(ctx context.Context, opts Options) error {
 	if s.sync, err = hsync.New(ctx, s.db, s.rooms, s.users, log.With().Str("component", "sync").Logger()); err != nil {
 		return err
 	}
+	if s.e2ee, err = e2ee.New(ctx, s.db, name, s.rooms, s.users, s.sync.Notifier(),
+		log.With().Str("component", "e2ee").Logger()); err != nil {
+		return err
+	}
+	s.sync.SetE2EE(s.e2ee)
 	mediaDir := filepath.Join(cfg.Server.DataDir, "media")
 	if s.media, err = media.New(ctx, s.db, mediaDir, name, cfg.Media.MaxUploadBytes, log); err != nil {
 		return err
@@ -109,6 +116,7 @@ func (s *Server) init(ctx context.Context, opts Options) error {
 		ServerName: name, PublicBaseURL: cfg.Server.PublicBaseURL, RegistrationEnabled: cfg.Registration.Enabled,
 	}, clientapi.Deps{
 		Rooms: s.rooms, Users: s.users, Sync: s.sync, Media: s.media, Appservices: s.as, ASClient: opts.ASClient,
+		E2EE: s.e2ee,
 	})
 	s.mux = http.NewServeMux()
 	api.Register(s.mux)
@@ -144,6 +152,9 @@ func (s *Server) Users() *users.Service { return s.users }
 
 // Sync returns the sync service.
 func (s *Server) Sync() *hsync.Service { return s.sync }
+
+// E2EE returns the end-to-end encryption key service.
+func (s *Server) E2EE() *e2ee.Service { return s.e2ee }
 
 // Media returns the media service.
 func (s *Server) Media() *media.Service { return s.media }

@@ -3,6 +3,8 @@ package homeserver_test
 import (
 	"bytes"
 	"encoding/json"
+	"image"
+	"image/png"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -63,6 +65,25 @@ func TestMediaRoundTrip(t *testing.T) {
 		status, b = e.do("GET", "/_matrix/client/v1/media/thumbnail/localhost/"+up.ContentURI.FileID+"?width=32&height=32", alice.AccessToken, nil)
 		if status != 404 || b["errcode"] == nil {
 			t.Fatalf("thumbnail: %d %v", status, b)
+		}
+		// An image gets a real thumbnail.
+		var pngBuf bytes.Buffer
+		_ = png.Encode(&pngBuf, image.NewRGBA(image.Rect(0, 0, 200, 100)))
+		img, err := alice.UploadBytes(ctx(t), pngBuf.Bytes(), "image/png")
+		if err != nil {
+			t.Fatal(err)
+		}
+		treq, _ := http.NewRequest("GET", e.url+"/_matrix/client/v1/media/thumbnail/localhost/"+img.ContentURI.FileID+"?width=50&height=50&method=scale", nil)
+		treq.Header.Set("Authorization", "Bearer "+alice.AccessToken)
+		tresp, err := http.DefaultClient.Do(treq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		thumb, _ := io.ReadAll(tresp.Body)
+		tresp.Body.Close()
+		tcfg, terr := png.DecodeConfig(bytes.NewReader(thumb))
+		if tresp.StatusCode != 200 || terr != nil || tcfg.Width != 50 || tcfg.Height != 25 {
+			t.Fatalf("thumbnail: %d %v %+v", tresp.StatusCode, terr, tcfg)
 		}
 		cfg, err := alice.GetMediaConfig(ctx(t))
 		if err != nil || cfg.UploadSize != 1<<20 {

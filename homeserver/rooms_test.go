@@ -128,6 +128,16 @@ func TestMembershipFlows(t *testing.T) {
 		_, err = bob.InviteUser(ctx(t), room.RoomID, &mautrix.ReqInviteUser{UserID: eve.UserID})
 		wantErr(t, err, "M_FORBIDDEN")
 
+		// Eve is invited and rejects: that does not open the room's history to her.
+		if _, err := alice.InviteUser(ctx(t), room.RoomID, &mautrix.ReqInviteUser{UserID: eve.UserID}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := eve.LeaveRoom(ctx(t), room.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		_, err = eve.Messages(ctx(t), room.RoomID, "", "", mautrix.DirectionBackward, nil, 10)
+		wantErr(t, err, "M_FORBIDDEN")
+
 		if _, err := alice.InviteUser(ctx(t), room.RoomID, &mautrix.ReqInviteUser{UserID: bob.UserID}); err != nil {
 			t.Fatal(err)
 		}
@@ -206,6 +216,13 @@ func TestSendStateRedactMessages(t *testing.T) {
 		ev, err := bob.GetEvent(ctx(t), room.RoomID, r1.EventID)
 		if err != nil || ev.Sender != alice.UserID || ev.Content.Raw["body"] != "once" {
 			t.Fatalf("get event: %+v %v", ev, err)
+		}
+		// Only the sending device sees its transaction ID.
+		if ev.Unsigned.TransactionID != "" {
+			t.Fatalf("bob sees alice's transaction id")
+		}
+		if own, err := alice.GetEvent(ctx(t), room.RoomID, r1.EventID); err != nil || own.Unsigned.TransactionID != "txn1" {
+			t.Fatalf("sender's own event lacks transaction_id: %+v %v", own, err)
 		}
 
 		// State with and without state key; bob (power 0) may not set state.
@@ -368,6 +385,24 @@ func TestRoomDirectory(t *testing.T) {
 		status, body = e.do("POST", "/_matrix/client/v3/publicRooms", alice.AccessToken, `{"filter":{"generic_search_term":"nothing like it"}}`)
 		if chunk, _ := body["chunk"].([]any); status != 200 || len(chunk) != 0 {
 			t.Fatalf("search: %d %v", status, body)
+		}
+		// User directory: members of shared rooms by name, and exact IDs of anyone local.
+		carol := e.user("carol")
+		if err := bob.SetDisplayName(ctx(t), "Bobby Tables"); err != nil {
+			t.Fatal(err)
+		}
+		res, err := alice.SearchUserDirectory(ctx(t), "tables", 10)
+		if err != nil || len(res.Results) != 1 || res.Results[0].UserID != bob.UserID ||
+			res.Results[0].Extra["display_name"] != "Bobby Tables" { // the spec's field name (mautrix reads "displayname")
+			t.Fatalf("user directory by name: %+v %v", res.Results[0], err)
+		}
+		res, err = alice.SearchUserDirectory(ctx(t), "carol", 10)
+		if err != nil || len(res.Results) != 0 {
+			t.Fatalf("user directory found a stranger by name: %+v %v", res, err)
+		}
+		res, err = alice.SearchUserDirectory(ctx(t), string(carol.UserID), 10)
+		if err != nil || len(res.Results) != 1 {
+			t.Fatalf("user directory by exact ID: %+v %v", res, err)
 		}
 		status, body = e.do("GET", "/_matrix/client/v3/rooms/"+string(room.RoomID)+"/aliases", bob.AccessToken, nil)
 		if aliases, _ := body["aliases"].([]any); status != 200 || len(aliases) != 1 {

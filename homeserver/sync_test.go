@@ -1,13 +1,19 @@
 package homeserver_test
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
+	"slices"
+	stdsync "sync"
 	"testing"
 	"time"
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+
+	hsync "github.com/passerelle/passerelle/homeserver/sync"
 )
 
 func TestSyncLongPollWakesUp(t *testing.T) {
@@ -332,4 +338,210 @@ func TestSyncEventsWhileInvited(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestConcurrentSendersSync: several clients send at once while another long-polls; every message reaches the
+// syncing client exactly once, in stream order, with no gap (the timeline is never limited at this rate).
+func TestConcurrentSendersSync(t *testing.T) {
+	forEachDB(t, func(t *testing.T, e *env) {
+		const senders, perSender = 4, 20
+		owner := e.user("owner")
+		room, err := owner.CreateRoom(ctx(t), &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients := make([]*mautrix.Client, senders)
+		for i := range clients {
+			clients[i] = e.user(fmt.Sprintf("sender%d", i))
+			if _, err := clients[i].JoinRoomByID(ctx(t), room.RoomID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		reader := e.user("reader")
+		if _, err := reader.JoinRoomByID(ctx(t), room.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		_, since := syncUntil(t, reader, "", func(*mautrix.RespSync) bool { return true })
+		f, err := reader.CreateFilter(ctx(t), &mautrix.Filter{Room: &mautrix.RoomFilter{Timeline: &mautrix.FilterPart{Limit: 1000}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		errs := make(chan error, senders)
+		for i, c := range clients {
+			go func() {
+				for j := 0; j < perSender; j++ {
+					if _, err := c.SendText(ctx(t), room.RoomID, fmt.Sprintf("%d/%d", i, j)); err != nil {
+						errs <- err
+						return
+					}
+				}
+				errs <- nil
+			}()
+		}
+		seen := map[string]bool{}
+		deadline := time.Now().Add(30 * time.Second)
+		for len(seen) < senders*perSender && time.Now().Before(deadline) {
+			resp, err := reader.SyncRequest(ctx(t), 5000, since, f.FilterID, false, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			since = resp.NextBatch
+			jr := resp.Rooms.Join[room.RoomID]
+			if jr == nil {
+				continue
+			}
+			if jr.Timeline.Limited {
+				t.Fatalf("timeline limited at limit 1000")
+			}
+			for _, ev := range jr.Timeline.Events {
+				body, _ := ev.Content.Raw["body"].(string)
+				if ev.Type != event.EventMessage {
+					continue
+				}
+				if seen[body] {
+					t.Fatalf("message %s delivered twice", body)
+				}
+				seen[body] = true
+			}
+		}
+		for range clients {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(seen) != senders*perSender {
+			t.Fatalf("reader saw %d of %d messages", len(seen), senders*perSender)
+		}
+		// Per sender, messages arrive in the order they were sent.
+		resp, err := reader.Messages(ctx(t), room.RoomID, "", "", mautrix.DirectionForward, nil, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		next := make([]int, senders)
+		for _, ev := range resp.Chunk {
+			var i, j int
+			if body, _ := ev.Content.Raw["body"].(string); ev.Type == event.EventMessage {
+				if _, err := fmt.Sscanf(body, "%d/%d", &i, &j); err == nil {
+					if j != next[i] {
+						t.Fatalf("sender %d: got message %d, want %d", i, j, next[i])
+					}
+					next[i]++
+				}
+			}
+		}
+	})
+}
+
+func TestPresence(t *testing.T) {
+	forEachDB(t, func(t *testing.T, e *env) {
+		alice, bob, carol := e.user("alice"), e.user("bob"), e.user("carol")
+		room, err := alice.CreateRoom(ctx(t), &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bob.JoinRoomByID(ctx(t), room.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		_, aliceSince := syncUntil(t, alice, "", func(*mautrix.RespSync) bool { return true })
+		_, carolSince := syncUntil(t, carol, "", func(*mautrix.RespSync) bool { return true })
+		status, body := e.do("PUT", "/_matrix/client/v3/presence/@bob:localhost/status", bob.AccessToken,
+			`{"presence":"unavailable","status_msg":"out for tea"}`)
+		if status != 200 {
+			t.Fatalf("put presence: %d %v", status, body)
+		}
+		resp, _ := syncUntil(t, alice, aliceSince, func(r *mautrix.RespSync) bool { return len(r.Presence.Events) > 0 })
+		ev := resp.Presence.Events[0]
+		_ = ev.Content.ParseRaw(ev.Type)
+		if ev.Sender != bob.UserID || ev.Content.AsPresence().Presence != "unavailable" || ev.Content.AsPresence().StatusMessage != "out for tea" {
+			t.Fatalf("presence event: %+v", ev)
+		}
+		// Carol shares no room with bob: her long-poll is neither woken nor told.
+		quiet, err := carol.SyncRequest(ctx(t), 300, carolSince, "", false, "")
+		if err != nil || len(quiet.Presence.Events) != 0 {
+			t.Fatalf("carol saw bob's presence: %+v %v", quiet.Presence, err)
+		}
+		status, body = e.do("GET", "/_matrix/client/v3/presence/@bob:localhost/status", carol.AccessToken, nil)
+		if status != 200 || body["presence"] != "unavailable" || body["status_msg"] != "out for tea" {
+			t.Fatalf("get presence: %d %v", status, body)
+		}
+		for _, c := range []struct {
+			token, path, body string
+			status            int
+		}{
+			{bob.AccessToken, "/_matrix/client/v3/presence/@bob:localhost/status", `{"presence":"dancing"}`, 400},
+			{bob.AccessToken, "/_matrix/client/v3/presence/@bob:localhost/status", `{}`, 400},
+			{carol.AccessToken, "/_matrix/client/v3/presence/@bob:localhost/status", `{"presence":"online"}`, 403},
+		} {
+			if status, body := e.do("PUT", c.path, c.token, c.body); status != c.status {
+				t.Fatalf("PUT %s %s: %d %v", c.path, c.body, status, body)
+			}
+		}
+		status, _ = e.do("GET", "/_matrix/client/v3/sync?set_presence=online&timeout=0", bob.AccessToken, nil)
+		if status != 200 || e.hs.Sync().PresenceOf(bob.UserID).Presence != "online" {
+			t.Fatalf("set_presence on sync: %d %v", status, e.hs.Sync().PresenceOf(bob.UserID))
+		}
+	})
+}
+
+// fakeE2EE is a stand-in for homeserver/e2ee: one to-device message per Push, for one device.
+type fakeE2EE struct {
+	mu   stdsync.Mutex
+	msgs []json.RawMessage
+	cap  int64 // at most this many to-device messages per response (0 = no cap)
+}
+
+func (f *fakeE2EE) Pos() int64 { f.mu.Lock(); defer f.mu.Unlock(); return int64(len(f.msgs)) }
+
+func (f *fakeE2EE) SyncData(_ context.Context, _ id.UserID, _ id.DeviceID, since, upTo int64, _ bool) (*hsync.E2EEData, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.cap > 0 && upTo-since > f.cap {
+		upTo = since + f.cap
+	}
+	d := &hsync.E2EEData{ToDevice: slices.Clone(f.msgs[since:upTo]), OTKCount: map[string]int{"signed_curve25519": 7}, Pos: upTo}
+	if len(d.ToDevice) > 0 {
+		d.Changed = []id.UserID{"@x:localhost"}
+	}
+	return d, nil
+}
+
+func TestSyncE2EEHook(t *testing.T) {
+	e := newEnv(t, "sqlite", nil, nil)
+	alice := e.user("alice")
+	fake := &fakeE2EE{}
+	e.hs.Sync().SetE2EE(fake)
+	first, err := alice.SyncRequest(ctx(t), 0, "", "", false, "")
+	if err != nil || first.DeviceOTKCount.SignedCurve25519 != 7 {
+		t.Fatalf("initial: %+v %v", first.DeviceOTKCount, err)
+	}
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		fake.mu.Lock()
+		fake.msgs = append(fake.msgs, json.RawMessage(`{"type":"m.room_key_request","sender":"@x:localhost","content":{}}`))
+		fake.mu.Unlock()
+		e.hs.Sync().Notifier().WakeUsers(alice.UserID)
+	}()
+	resp, err := alice.SyncRequest(ctx(t), 10000, first.NextBatch, "", false, "")
+	if err != nil || len(resp.ToDevice.Events) != 1 || len(resp.DeviceLists.Changed) != 1 {
+		t.Fatalf("to-device: %+v %v", resp.ToDevice, err)
+	}
+	again, err := alice.SyncRequest(ctx(t), 0, resp.NextBatch, "", false, "")
+	if err != nil || len(again.ToDevice.Events) != 0 {
+		t.Fatalf("to-device repeated: %+v %v", again.ToDevice, err)
+	}
+	// A capped source: three pending messages arrive one per response, none lost.
+	fake.mu.Lock()
+	fake.cap = 1
+	for i := 0; i < 3; i++ {
+		fake.msgs = append(fake.msgs, json.RawMessage(fmt.Sprintf(`{"type":"m.dummy","sender":"@x:localhost","content":{"n":%d}}`, i)))
+	}
+	fake.mu.Unlock()
+	since := again.NextBatch
+	for i := 0; i < 3; i++ {
+		r, err := alice.SyncRequest(ctx(t), 0, since, "", false, "")
+		if err != nil || len(r.ToDevice.Events) != 1 || r.ToDevice.Events[0].Content.Raw["n"] != float64(i) {
+			t.Fatalf("capped to-device %d: %+v %v", i, r.ToDevice, err)
+		}
+		since = r.NextBatch
+	}
 }

@@ -1,6 +1,7 @@
 package email
 
 import (
+	"encoding/json"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -31,12 +32,9 @@ type testBridge struct {
 
 // startTestBridge runs bridgev2 with this connector and a fake Matrix side on a bridge database that survives
 // "restarts" (a second startTestBridge on the same file).
-func startTestBridge(t *testing.T, dbPath, dataDir string) *testBridge {
+func startTestBridge(t *testing.T, dbc dbConn, dataDir string) *testBridge {
 	t.Helper()
-	db, err := dbutil.NewWithDialect("file:"+dbPath+"?_txlock=immediate", "sqlite3-fk-wal")
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := dbc.open(t)
 	cfg := configs.Default().Bridges.Email
 	cfg.AllowInsecure = true
 	cfg.IdleTimeout = 30 * time.Second
@@ -61,8 +59,20 @@ func (tb *testBridge) stop() {
 		return
 	}
 	tb.br.StopWithTimeout(10 * time.Second)
-	_ = tb.db.Close()
 	tb.br = nil
+}
+
+// dbConn names a bridge database that can be opened more than once (to simulate a restart).
+type dbConn struct{ driver, uri string }
+
+func (d dbConn) open(t *testing.T) *dbutil.Database {
+	t.Helper()
+	db, err := dbutil.NewWithDialect(d.uri, d.driver)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	return db
 }
 
 // TestBridgeMailThreadsToPortalsAndBack drives the connector through bridgev2 against real Dovecot and Postfix:
@@ -71,6 +81,17 @@ func (tb *testBridge) stop() {
 // that lost the sync position plus a restart nothing is bridged twice.
 func TestBridgeMailThreadsToPortalsAndBack(t *testing.T) {
 	t.Parallel()
+	t.Run("sqlite", func(t *testing.T) {
+		t.Parallel()
+		testBridgeRoundTrip(t, dbConn{"sqlite3-fk-wal", "file:" + filepath.Join(t.TempDir(), "bridge-email.db") + "?_txlock=immediate"})
+	})
+	t.Run("postgres", func(t *testing.T) {
+		t.Parallel()
+		testBridgeRoundTrip(t, dbConn{"pgx", testenv.Postgres(t)})
+	})
+}
+
+func testBridgeRoundTrip(t *testing.T, dbc dbConn) {
 	ms := testenv.Mail(t)
 	acct := newMailbox(t, ms)
 	bob := "bob." + strings.Split(acct.Address, "@")[0] + "@" + testenv.OtherDomain
@@ -78,8 +99,7 @@ func TestBridgeMailThreadsToPortalsAndBack(t *testing.T) {
 	carol := "carol." + strings.Split(acct.Address, "@")[0] + "@" + testenv.OtherDomain
 	ms.AddAddress(t, carol, "carolpw")
 	dir := t.TempDir()
-	dbPath := filepath.Join(dir, "bridge-email.db")
-	tb := startTestBridge(t, dbPath, dir)
+	tb := startTestBridge(t, dbc, dir)
 	ctx := t.Context()
 	const alice = id.UserID("@alice:localhost")
 
@@ -111,7 +131,11 @@ func TestBridgeMailThreadsToPortalsAndBack(t *testing.T) {
 	if err := tb.db.QueryRow(ctx, "SELECT metadata FROM user_login WHERE id=$1", acct.Address).Scan(&rawMeta); err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(rawMeta, acct.Password) || !strings.Contains(rawMeta, `"sealed_password":"v1:`) {
+	var stored UserLoginMetadata
+	if err := json.Unmarshal([]byte(rawMeta), &stored); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(rawMeta, acct.Password) || !strings.HasPrefix(stored.SealedPassword, sealedPrefix) {
 		t.Fatalf("user_login metadata does not hold a sealed password: %s", rawMeta)
 	}
 	if !tb.fm.waitFor(20*time.Second, func() bool {
@@ -259,7 +283,7 @@ func TestBridgeMailThreadsToPortalsAndBack(t *testing.T) {
 	before := len(tb.fm.msgs)
 	tb.fm.mu.Unlock()
 	tb.stop()
-	st, err := NewStore(ctx, mustOpen(t, dbPath), zerolog.Nop())
+	st, err := NewStore(ctx, dbc.open(t), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,7 +292,7 @@ func TestBridgeMailThreadsToPortalsAndBack(t *testing.T) {
 	if err := st.SaveState(ctx, acct.Address, "INBOX", pos); err != nil {
 		t.Fatal(err)
 	}
-	tb2 := startTestBridge(t, dbPath, dir)
+	tb2 := startTestBridge(t, dbc, dir)
 	ms.Deliver(t, bob, []string{acct.Address}, testMail(bob, acct.Address, "Re: Lunch on Friday?", "m5@remote.test",
 		"In-Reply-To: <m2@remote.test>", "References: <m1@remote.test> <m2@remote.test>"))
 	// m5 lands in the original thread's room (restored from the database, so the fake has no record of it).
@@ -292,14 +316,4 @@ func TestBridgeMailThreadsToPortalsAndBack(t *testing.T) {
 	if len(bodies) != 1 || !strings.Contains(bodies[0], "m5@remote.test") {
 		t.Fatalf("after restart bridged %d messages %q, want only m5 (before restart: %d)", len(bodies), bodies, before)
 	}
-}
-
-func mustOpen(t *testing.T, path string) *dbutil.Database {
-	t.Helper()
-	db, err := dbutil.NewWithDialect("file:"+path+"?_txlock=immediate", "sqlite3-fk-wal")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	return db
 }

@@ -286,6 +286,7 @@ func (a *API) logout(w http.ResponseWriter, r *http.Request, au *Auth) {
 			RespondError(w, r, err)
 			return
 		}
+		a.dropDeviceKeys(r.Context(), au.User, au.Device)
 	}
 	RespondJSON(w, http.StatusOK, struct{}{})
 }
@@ -295,6 +296,7 @@ func (a *API) logoutAll(w http.ResponseWriter, r *http.Request, au *Auth) {
 		RespondError(w, r, err)
 		return
 	}
+	a.dropDeviceKeys(r.Context(), au.User, "")
 	RespondJSON(w, http.StatusOK, struct{}{})
 }
 

@@ -2,7 +2,7 @@
 // it decodes requests, authenticates them (access tokens and appservice tokens with ?user_id= assertion), calls
 // the homeserver's services and encodes their answers. It holds no SQL and no room logic.
 //
-// It imports the homeserver services (rooms, users, sync, media), mxerr and registration; it must not import the
+// It imports the homeserver services (rooms, users, sync, media, e2ee), mxerr and registration; it must not import the
 // root homeserver package, appservice, hub or any bridge.
 package clientapi
 
@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/passerelle/passerelle/homeserver/e2ee"
 	"github.com/passerelle/passerelle/homeserver/media"
 	"github.com/passerelle/passerelle/homeserver/mxerr"
 	"github.com/passerelle/passerelle/homeserver/rooms"
@@ -42,6 +43,8 @@ type Deps struct {
 	Appservices *registration.Set
 	// ASClient reaches appservices for the ping endpoint.
 	ASClient *http.Client
+	// E2EE serves the key and to-device endpoints (keys.go); nil leaves them unmounted.
+	E2EE *e2ee.Service
 }
 
 // API is the Client-Server API handler set.
@@ -53,6 +56,7 @@ type API struct {
 	media    *media.Service
 	as       *registration.Set
 	asClient *http.Client
+	e2ee     *e2ee.Service
 }
 
 // New returns the handlers; call Register to mount them.
@@ -61,7 +65,7 @@ func New(cfg Config, d Deps) *API {
 	if c == nil {
 		c = &http.Client{Timeout: 30 * time.Second}
 	}
-	return &API{cfg: cfg, rooms: d.Rooms, users: d.Users, sync: d.Sync, media: d.Media, as: d.Appservices, asClient: c}
+	return &API{cfg: cfg, rooms: d.Rooms, users: d.Users, sync: d.Sync, media: d.Media, as: d.Appservices, asClient: c, e2ee: d.E2EE}
 }
 
 // clientPrefixes are the Client-Server API versions accepted in paths: v3 and, for old clients, r0.
@@ -83,6 +87,13 @@ func (a *API) Register(mux *http.ServeMux) {
 		c("POST", "/logout/all", a.authed(a.logoutAll))
 		c("GET", "/account/whoami", a.authed(a.whoami))
 		c("GET", "/devices", a.authed(a.devices))
+		// No third-party identifiers or protocols exist here; clients ask at start-up and get the empty truth.
+		c("GET", "/account/3pid", a.authed(func(w http.ResponseWriter, r *http.Request, _ *Auth) {
+			RespondJSON(w, http.StatusOK, map[string]any{"threepids": []any{}})
+		}))
+		c("GET", "/thirdparty/protocols", a.authed(func(w http.ResponseWriter, r *http.Request, _ *Auth) {
+			RespondJSON(w, http.StatusOK, map[string]any{})
+		}))
 		c("GET", "/devices/{deviceID}", a.authed(a.device))
 		c("PUT", "/devices/{deviceID}", a.authed(a.putDevice))
 		c("DELETE", "/devices/{deviceID}", a.authed(a.deleteDevice))
@@ -121,7 +132,10 @@ func (a *API) Register(mux *http.ServeMux) {
 		c("PUT", "/directory/room/{alias}", a.authed(a.putAlias))
 		c("DELETE", "/directory/room/{alias}", a.authed(a.deleteAlias))
 
+		c("POST", "/user_directory/search", a.authed(a.userDirectorySearch))
 		c("GET", "/sync", a.authed(a.doSync))
+		c("GET", "/presence/{userID}/status", a.authed(a.getPresence))
+		c("PUT", "/presence/{userID}/status", a.authed(a.putPresence))
 		c("POST", "/user/{userID}/filter", a.authed(a.postFilter))
 		c("GET", "/user/{userID}/filter/{filterID}", a.authed(a.getFilter))
 		c("PUT", "/rooms/{roomID}/typing/{userID}", a.authed(a.typing))
@@ -134,6 +148,9 @@ func (a *API) Register(mux *http.ServeMux) {
 		c("GET", "/pushrules", a.authed(a.pushRules))
 		c("GET", "/pushrules/{rest...}", a.authed(a.pushRules))
 		c("GET", "/pushers", a.authed(a.pushers))
+		if a.e2ee != nil {
+			a.registerKeys(c)
+		}
 	}
 	mux.HandleFunc("POST /_matrix/media/v3/upload", a.authed(a.upload))
 	mux.HandleFunc("GET /_matrix/media/v3/config", a.authed(a.mediaConfig))

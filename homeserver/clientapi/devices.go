@@ -82,5 +82,6 @@ func (a *API) deleteDevice(w http.ResponseWriter, r *http.Request, au *Auth) {
 		RespondError(w, r, err)
 		return
 	}
+	a.dropDeviceKeys(ctx, au.User, dev)
 	RespondJSON(w, http.StatusOK, struct{}{})
 }

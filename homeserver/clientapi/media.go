@@ -83,7 +83,28 @@ func (a *API) serveMedia(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) thumbnail(w http.ResponseWriter, r *http.Request) {
-	RespondError(w, r, mxerr.NotFound("thumbnails are not generated yet"))
+	q := r.URL.Query()
+	width, err1 := strconv.Atoi(q.Get("width"))
+	height, err2 := strconv.Atoi(q.Get("height"))
+	if err1 != nil || err2 != nil {
+		RespondError(w, r, mxerr.InvalidParam("width and height must be integers"))
+		return
+	}
+	ct, data, err := a.media.Thumbnail(r.Context(), r.PathValue("serverName"), r.PathValue("mediaID"), width, height, q.Get("method"))
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", ct)
+	h.Set("Content-Disposition", "inline; filename=thumbnail")
+	h.Set("Content-Security-Policy", "sandbox; default-src 'none'; script-src 'none'; object-src 'none';")
+	h.Set("Cross-Origin-Resource-Policy", "cross-origin")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cache-Control", "public, max-age=86400, immutable")
+	h.Set("Content-Length", strconv.Itoa(len(data)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(data)
 }
 
 func (a *API) thumbnailAuthed(w http.ResponseWriter, r *http.Request, _ *Auth) {

@@ -337,7 +337,9 @@ func (a *API) readableUpTo(ctx context.Context, room id.RoomID, user id.UserID) 
 	case "join":
 		return math.MaxInt64, nil
 	case "leave", "ban":
-		if ev != nil {
+		// Only someone who was joined keeps read access (up to when they left): rejecting an invite or
+		// being banned without ever joining does not open the room's history.
+		if ev != nil && hsync.PrevMembership(ev) == "join" {
 			return ev.StreamPos, nil
 		}
 	}
@@ -496,7 +498,7 @@ func (a *API) getEvent(w http.ResponseWriter, r *http.Request, au *Auth) {
 		RespondError(w, r, mxerr.NotFound("event not found"))
 		return
 	}
-	writeRaw(w, ev.MarshalClient())
+	writeRaw(w, hsync.ClientEvent(ev, au.User, au.Device))
 }
 
 func (a *API) messages(w http.ResponseWriter, r *http.Request, au *Auth) {
@@ -612,7 +614,7 @@ func (a *API) messages(w http.ResponseWriter, r *http.Request, au *Auth) {
 	chunk := make([]json.RawMessage, 0, len(evs))
 	for _, ev := range evs {
 		if hsync.PartAllows(filter, roomID, ev.Sender, ev.Type) {
-			chunk = append(chunk, ev.MarshalClient())
+			chunk = append(chunk, hsync.ClientEvent(ev, au.User, au.Device))
 		}
 	}
 	resp["chunk"] = chunk

@@ -50,6 +50,16 @@ func (a *API) doSync(w http.ResponseWriter, r *http.Request, au *Auth) {
 			return
 		}
 	}
+	if p := q.Get("set_presence"); p != "" {
+		if !hsync.ValidPresence(p) {
+			RespondError(w, r, mxerr.InvalidParam("set_presence must be online, unavailable or offline"))
+			return
+		}
+		if err := a.sync.SetPresence(r.Context(), au.User, p, "", false); err != nil {
+			RespondError(w, r, err)
+			return
+		}
+	}
 	resp, err := a.sync.Sync(r.Context(), req)
 	if err != nil {
 		if r.Context().Err() != nil {

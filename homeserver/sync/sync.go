@@ -39,6 +39,7 @@ type Service struct {
 	users    *users.Service
 	notifier *Notifier
 	typing   *Typing
+	presence *Presence
 	log      zerolog.Logger
 
 	filterMu   stdsync.Mutex
@@ -47,7 +48,34 @@ type Service struct {
 
 	closing   chan struct{}
 	closeOnce stdsync.Once
+
+	e2ee E2EE
 }
+
+// E2EE is the end-to-end encryption part of /sync: to-device messages, device list changes and one-time key
+// counts. homeserver/e2ee implements it; it is an interface here because e2ee uses this package's Notifier.
+type E2EE interface {
+	// Pos returns the current position of the to-device / device-list stream.
+	Pos() int64
+	// SyncData returns what user's device gets for the stream range (since, upTo] (everything pending when
+	// initial).
+	SyncData(ctx context.Context, user id.UserID, device id.DeviceID, since, upTo int64, initial bool) (*E2EEData, error)
+}
+
+// E2EEData is one device's share of a sync response from the E2EE source.
+type E2EEData struct {
+	ToDevice      []json.RawMessage
+	Changed, Left []id.UserID
+	OTKCount      map[string]int
+	FallbackKeys  []string
+	// Pos, when non-zero, is the e2ee position next_batch carries instead of upTo: the source capped the
+	// to-device messages, and the rest must come in the next response rather than be acknowledged unseen.
+	Pos int64
+}
+
+// SetE2EE plugs in the encryption source; call it once at start-up, before serving. Without one, the
+// encryption sections of /sync stay empty.
+func (s *Service) SetE2EE(e E2EE) { s.e2ee = e }
 
 // New runs the sync migrations on db (version table sync_version) and subscribes to the room event stream.
 func New(ctx context.Context, db *dbutil.Database, rs *rooms.Service, us *users.Service, log zerolog.Logger) (*Service, error) {
@@ -57,6 +85,7 @@ func New(ctx context.Context, db *dbutil.Database, rs *rooms.Service, us *users.
 	}
 	s := &Service{db: child, rooms: rs, users: us, notifier: NewNotifier(), log: log, closing: make(chan struct{})}
 	s.typing = NewTyping(s.notifier.WakeRoom)
+	s.presence = NewPresence()
 	if err := s.loadReceiptPos(ctx); err != nil {
 		return nil, err
 	}
@@ -85,6 +114,26 @@ func (s *Service) NotifyAccountData(user id.UserID) { s.notifier.WakeUsers(user)
 func (s *Service) SetTyping(room id.RoomID, user id.UserID, typing bool, timeout time.Duration) {
 	s.typing.Set(room, user, typing, timeout)
 }
+
+// SetPresence records user's presence (and status message when setMsg) and, if it changed, wakes the /sync
+// requests of everyone sharing a room with user.
+func (s *Service) SetPresence(ctx context.Context, user id.UserID, presence, statusMsg string, setMsg bool) error {
+	if !s.presence.Set(user, presence, statusMsg, setMsg) {
+		return nil
+	}
+	joined, err := s.rooms.RoomsForUser(ctx, user, "join")
+	if err != nil {
+		return fmt.Errorf("rooms of %s: %w", user, err)
+	}
+	for _, r := range joined {
+		s.notifier.WakeRoom(r)
+	}
+	s.notifier.WakeUsers(user)
+	return nil
+}
+
+// PresenceOf returns user's presence ("offline" for someone never seen).
+func (s *Service) PresenceOf(user id.UserID) PresenceState { return s.presence.Get(user) }
 
 // Request is one /sync call.
 type Request struct {
@@ -225,7 +274,10 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 	if err != nil {
 		return nil, fmt.Errorf("read account data position: %w", err)
 	}
-	next := Token{Events: evPos, AccountData: adPos, Receipts: s.ReceiptPos(), Typing: s.typing.Pos()}
+	next := Token{Events: evPos, AccountData: adPos, Receipts: s.ReceiptPos(), Typing: s.typing.Pos(), Presence: s.presence.Pos()}
+	if s.e2ee != nil {
+		next.E2EE = s.e2ee.Pos()
+	}
 	resp := newResponse()
 	resp.NextBatch = next.String()
 	f := req.Filter
@@ -307,7 +359,7 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 		// the full state before them. Events sent while the user was only invited are after since's invite
 		// but before the join, and must reach the client too. A join → join change (a profile update) is not
 		// a new join.
-		newly := initial || req.FullState || (memberEv != nil && memberEv.StreamPos > since.Events && prevMembership(memberEv) != "join")
+		newly := initial || req.FullState || (memberEv != nil && memberEv.StreamPos > since.Events && PrevMembership(memberEv) != "join")
 		after := since.Events
 		if newly {
 			after = 0
@@ -323,7 +375,7 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 		jr.Timeline.PrevBatch = prevBatch(evs, evPos)
 		for _, ev := range evs {
 			if PartAllows(tlPart, room, ev.Sender, ev.Type) {
-				jr.Timeline.Events = append(jr.Timeline.Events, ev.MarshalClient())
+				jr.Timeline.Events = append(jr.Timeline.Events, ClientEvent(ev, req.User, req.Device))
 			}
 		}
 		if newly || limited {
@@ -356,6 +408,10 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 		if newly || len(evs) > 0 || len(jr.Ephemeral.Events) > 0 || len(jr.AccountData.Events) > 0 {
 			resp.Rooms.Join[room] = jr
 		}
+	}
+
+	if err := s.presenceEvents(ctx, resp, req.User, f, joined, since, next, initial); err != nil {
+		return nil, err
 	}
 
 	invited, err := s.rooms.RoomsForUser(ctx, req.User, "invite")
@@ -409,7 +465,7 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 				Timeline: Timeline{Events: []json.RawMessage{}, Limited: limited, PrevBatch: prevBatch(evs, upTo)}}
 			for _, ev := range evs {
 				if PartAllows(tlPart, room, ev.Sender, ev.Type) {
-					lr.Timeline.Events = append(lr.Timeline.Events, ev.MarshalClient())
+					lr.Timeline.Events = append(lr.Timeline.Events, ClientEvent(ev, req.User, req.Device))
 				}
 			}
 			if len(evs) == 0 || evs[len(evs)-1].ID != memberEv.ID {
@@ -420,13 +476,38 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 		}
 	}
 
-	resp.empty = len(resp.AccountData.Events) == 0 && len(resp.Rooms.Join) == 0 &&
+	e2eeNews := false
+	if s.e2ee != nil {
+		d, err := s.e2ee.SyncData(ctx, req.User, req.Device, since.E2EE, next.E2EE, initial)
+		if err != nil {
+			return nil, fmt.Errorf("e2ee sync data: %w", err)
+		}
+		if d != nil {
+			if d.ToDevice != nil {
+				resp.ToDevice.Events = d.ToDevice
+			}
+			resp.DeviceLists = map[string]any{"changed": nonNil(d.Changed), "left": nonNil(d.Left)}
+			if d.OTKCount != nil {
+				resp.OTKCount = d.OTKCount
+			}
+			if d.FallbackKeys != nil {
+				resp.FallbackKeys = d.FallbackKeys
+			}
+			e2eeNews = len(d.ToDevice) > 0 || len(d.Changed) > 0 || len(d.Left) > 0
+			if d.Pos > 0 && d.Pos < next.E2EE {
+				next.E2EE = d.Pos
+				resp.NextBatch = next.String()
+			}
+		}
+	}
+
+	resp.empty = !e2eeNews && len(resp.AccountData.Events) == 0 && len(resp.Presence.Events) == 0 && len(resp.Rooms.Join) == 0 &&
 		len(resp.Rooms.Invite) == 0 && len(resp.Rooms.Leave) == 0
 	return resp, nil
 }
 
-// prevMembership returns the membership a member event replaced ("" when it is the first).
-func prevMembership(ev *rooms.Event) string {
+// PrevMembership returns the membership a member event replaced ("" when it is the first).
+func PrevMembership(ev *rooms.Event) string {
 	prev, ok := ev.Unsigned["prev_content"]
 	if !ok || prev == nil {
 		return ""
@@ -445,6 +526,62 @@ func prevMembership(ev *rooms.Event) string {
 	}
 	_ = json.Unmarshal(raw, &c)
 	return c.Membership
+}
+
+// presenceEvents adds the m.presence events of users sharing a joined room with user whose presence changed
+// after since (all known ones on an initial sync).
+func (s *Service) presenceEvents(ctx context.Context, resp *Response, user id.UserID, f *mautrix.Filter, joined []id.RoomID, since, next Token, initial bool) error {
+	from := since.Presence
+	if initial {
+		from = 0
+	}
+	changed := s.presence.changedSince(from, next.Presence)
+	if len(changed) == 0 {
+		return nil
+	}
+	mine := make(map[id.RoomID]bool, len(joined))
+	for _, r := range joined {
+		mine[r] = true
+	}
+	users := make([]id.UserID, 0, len(changed))
+	for u := range changed {
+		users = append(users, u)
+	}
+	slices.Sort(users)
+	now := time.Now()
+	for _, u := range users {
+		if f != nil && !PartAllows(f.Presence, "", u, event.EphemeralEventPresence.Type) {
+			continue
+		}
+		if u != user {
+			theirs, err := s.rooms.RoomsForUser(ctx, u, "join")
+			if err != nil {
+				return fmt.Errorf("rooms of %s: %w", u, err)
+			}
+			if !slices.ContainsFunc(theirs, func(r id.RoomID) bool { return mine[r] }) {
+				continue
+			}
+		}
+		st := changed[u]
+		content := map[string]any{"presence": st.Presence}
+		if !st.LastActive.IsZero() {
+			content["last_active_ago"] = now.Sub(st.LastActive).Milliseconds()
+			content["currently_active"] = st.Presence == "online" && now.Sub(st.LastActive) < 5*time.Minute
+		}
+		if st.StatusMsg != "" {
+			content["status_msg"] = st.StatusMsg
+		}
+		raw, _ := json.Marshal(map[string]any{"type": event.EphemeralEventPresence.Type, "sender": u, "content": content})
+		resp.Presence.Events = append(resp.Presence.Events, raw)
+	}
+	return nil
+}
+
+func nonNil(u []id.UserID) []id.UserID {
+	if u == nil {
+		return []id.UserID{}
+	}
+	return u
 }
 
 // prevBatch is the pagination token just before the first timeline event (or at upTo for an empty timeline).

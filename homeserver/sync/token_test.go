@@ -8,19 +8,25 @@ import (
 )
 
 func TestTokenRoundTrip(t *testing.T) {
-	cases := []Token{{}, {Events: 1}, {Events: 42, AccountData: 7, Receipts: 3, Typing: 1733240000000}}
+	cases := []Token{{}, {Events: 1}, {Events: 42, AccountData: 7, Receipts: 3, Typing: 1733240000000, Presence: 9, E2EE: 4}}
 	for _, tok := range cases {
 		got, err := ParseToken(tok.String())
 		if err != nil || got != tok {
 			t.Fatalf("round trip %+v: %+v %v", tok, got, err)
 		}
 	}
-	for _, bad := range []string{"", "s", "s1_2_3", "s1_2_3_4_5", "x1_2_3_4", "s-1_2_3_4", "s1_2_3_+4", "s 1_2_3_4", "s1_2_3_9999999999999999999"} {
+	for _, bad := range []string{"", "s", "s1_2_3", "s1_2_3_4_5_6_7", "x1_2_3_4", "s-1_2_3_4", "s1_2_3_+4", "s 1_2_3_4", "s1_2_3_9999999999999999999"} {
 		if _, err := ParseToken(bad); err == nil {
 			t.Fatalf("ParseToken(%q) accepted", bad)
 		}
 	}
-	for in, want := range map[string]int64{"s5_0_0_0": 5, "t17": 17, "s9": 9} {
+	if tok, err := ParseToken("s1_2_3_4"); err != nil || tok != (Token{1, 2, 3, 4, 0, 0}) {
+		t.Fatalf("four-counter token: %+v %v", tok, err)
+	}
+	if tok, err := ParseToken("s1_2_3_4_5"); err != nil || tok != (Token{1, 2, 3, 4, 5, 0}) {
+		t.Fatalf("five-counter token: %+v %v", tok, err)
+	}
+	for in, want := range map[string]int64{"s5_0_0_0_0": 5, "s5_0_0_0": 5, "t17": 17, "s9": 9} {
 		if got, err := ParseStreamToken(in); err != nil || got != want {
 			t.Fatalf("ParseStreamToken(%q) = %d %v", in, got, err)
 		}
@@ -28,7 +34,7 @@ func TestTokenRoundTrip(t *testing.T) {
 }
 
 func FuzzParseToken(f *testing.F) {
-	for _, s := range []string{"s0_0_0_0", "s1_2_3_4", "t5", "s", "", "s1__2_3", "s00_1_2_3"} {
+	for _, s := range []string{"s0_0_0_0", "s1_2_3_4", "s1_2_3_4_5", "s1_2_3_4_5_6", "t5", "s", "", "s1__2_3", "s00_1_2_3"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
