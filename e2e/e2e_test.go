@@ -35,9 +35,11 @@ func TestMain(m *testing.M) { testenv.Main(m) }
 const waitTimeout = 60 * time.Second
 
 // TestEmailThreadRoundTrip is issue 2's end-to-end test: create a user, log in to the email bridge through the
-// bot, deliver a mail over SMTP from an outside address, see the portal room and the message arrive in /sync,
-// reply from Matrix, read the reply from the outside mailbox over IMAP and check its threading headers; then
-// restart the hub and check that nothing is bridged twice and the thread continues in the same room.
+// bot (a wrong password first), survive a dropped IMAP connection, deliver a mail over SMTP from an outside
+// address, see the invite, the portal room and the message arrive in /sync, reply from Matrix, read the reply
+// from the outside mailbox over IMAP and check its threading headers and Sent copy; then stop the hub, deliver
+// an HTML answer with an image while it is down, start it again, and check the answer lands in the same room
+// and nothing is bridged or sent twice.
 func TestEmailThreadRoundTrip(t *testing.T) {
 	t.Run("sqlite", func(t *testing.T) {
 		roundTrip(t, "sq", configs.Database{Type: "sqlite", MaxOpenConns: 20})
@@ -66,9 +68,6 @@ func roundTrip(t *testing.T, tag string, db configs.Database) {
 	cfg.Bridges.Email.AllowInsecure = true
 	cfg.Bridges.Email.IdleTimeout = 30 * time.Second
 	h := startHub(t, cfg, "")
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
 
 	// A person gets an account (as `passerelle user create` does) and logs in with their password.
 	if _, err := h.Homeserver().Users().Register(ctx, "alice", "matrix password", users.RegisterOpts{}); err != nil {
@@ -197,6 +196,10 @@ func roundTrip(t *testing.T, tag string, db configs.Database) {
 	if ghost == cli.UserID || ghost == bot || !strings.HasPrefix(ghost.Localpart(), "email_") {
 		t.Errorf("the mail was sent by %s, want a ghost user for %s", ghost, carolAddr)
 	}
+	// The ghost is named from the From header.
+	if resp, err := cli.GetDisplayName(ctx, ghost); err != nil || resp.DisplayName != "Carol Outside" {
+		t.Errorf("ghost %s display name = %+v, %v; want \"Carol Outside\" from the From header", ghost, resp, err)
+	}
 
 	// The user answers from Matrix: the reply reaches Carol's mailbox, threaded.
 	if _, err := cli.SendText(ctx, portal, "Noon works for me."); err != nil {
@@ -213,9 +216,9 @@ func roundTrip(t *testing.T, tag string, db configs.Database) {
 		t.Errorf("Sent copy has Message-ID %q, the delivered reply %q", id, replyID)
 	}
 
-	// Restart the hub: nothing is bridged twice, and the thread goes on in the same room.
+	// Restart the hub, with mail arriving while it is down: nothing is lost or bridged twice, and the thread
+	// goes on in the same room.
 	h.stop(t)
-	h = startHub(t, cfg, h.addr)
 	// The answer is a typical client's mail: text and HTML alternatives (the HTML with a script that must not
 	// survive) and an image attachment that must arrive as Matrix media.
 	png := testPNG(t)
@@ -224,6 +227,8 @@ func roundTrip(t *testing.T, tag string, db configs.Database) {
 		"Subject": "Re: Lunch on Friday?", "Message-ID": "<lunch2-" + tag + "@remote.test>",
 		"In-Reply-To": replyID, "References": firstID + " " + replyID,
 	}, "See you there.\r\n", `<p>See you <b>there</b>.</p><script>alert("x")</script>`, "map.png", png))
+	ms.WaitMessages(t, aliceAddr, alicePass, "INBOX", 2, waitTimeout) // delivered while the hub is down
+	h = startHub(t, cfg, h.addr)
 	room, answer := s.wait("the second mail of the thread", func(r id.RoomID, e *event.Event) bool {
 		return e.Type == event.EventMessage && strings.Contains(e.Content.AsMessage().Body, "See you there.")
 	})
@@ -320,6 +325,10 @@ func startHub(t *testing.T, cfg *configs.Config, addr string) *hubRun {
 	addr = ln.Addr().String()
 	cfg.Server.Listen = addr
 	cfg.Server.PublicBaseURL = "http://" + addr
+	if err := cfg.Validate(); err != nil {
+		_ = ln.Close()
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
 	h, err := hub.New(ctx, cfg, testLogger(t))
 	if err != nil {

@@ -300,6 +300,26 @@ func TestE2EEDeviceListChanges(t *testing.T) {
 		if !slices.Contains(r2.DeviceLists.Changed, alice.UserID) {
 			t.Fatalf("device deletion not in bob's device_lists: %+v", r2.DeviceLists)
 		}
+
+		// carol joining bob's room: bob must learn of her devices, and she of his; her leaving is "left".
+		rooms, _ := bob.JoinedRooms(ctx(t))
+		room := rooms.JoinedRooms[0]
+		if _, err := bob.InviteUser(ctx(t), room, &mautrix.ReqInviteUser{UserID: carol.UserID}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := carol.JoinRoomByID(ctx(t), room); err != nil {
+			t.Fatal(err)
+		}
+		_, bobSince = syncUntil(t, bob, r2.NextBatch, func(s *mautrix.RespSync) bool {
+			return slices.Contains(s.DeviceLists.Changed, carol.UserID)
+		})
+		syncUntil(t, carol, carolSince, func(s *mautrix.RespSync) bool {
+			return slices.Contains(s.DeviceLists.Changed, bob.UserID) && slices.Contains(s.DeviceLists.Changed, alice.UserID)
+		})
+		if _, err := carol.LeaveRoom(ctx(t), room); err != nil {
+			t.Fatal(err)
+		}
+		syncUntil(t, bob, bobSince, func(s *mautrix.RespSync) bool { return slices.Contains(s.DeviceLists.Left, carol.UserID) })
 	})
 }
 

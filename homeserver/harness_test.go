@@ -14,7 +14,6 @@ import (
 
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
-	"maunium.net/go/mautrix/id"
 
 	"github.com/passerelle/passerelle/configs"
 	"github.com/passerelle/passerelle/homeserver"
@@ -173,5 +172,3 @@ func syncUntil(t *testing.T, cli *mautrix.Client, since string, cond func(*mautr
 }
 
 func ctx(t testing.TB) context.Context { return t.Context() }
-
-var _ = id.UserID("")

@@ -1,7 +1,6 @@
 package homeserver_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"testing"
 
@@ -354,8 +353,6 @@ func TestSendStateRedactMessages(t *testing.T) {
 		if status != 200 || len(body["chunk"].([]any)) != 0 {
 			t.Fatalf("members?membership=leave: %d %v", status, body)
 		}
-		raw, _ := json.Marshal(body)
-		_ = raw
 	})
 }
 

@@ -203,6 +203,37 @@ func TestSyncAccountDataTypingReceipts(t *testing.T) {
 			t.Fatalf("global account data: %+v", resp.AccountData.Events)
 		}
 
+		// Room tags are m.tag room account data.
+		if err := alice.AddTag(ctx(t), room.RoomID, event.RoomTagFavourite, 0.25); err != nil {
+			t.Fatal(err)
+		}
+		if err := alice.AddTag(ctx(t), room.RoomID, "u.work", 0.5); err != nil {
+			t.Fatal(err)
+		}
+		if err := alice.RemoveTag(ctx(t), room.RoomID, "u.work"); err != nil {
+			t.Fatal(err)
+		}
+		tags, err := alice.GetTags(ctx(t), room.RoomID)
+		if order, _ := tags.Tags[event.RoomTagFavourite].Order.Float64(); err != nil || len(tags.Tags) != 1 || order != 0.25 {
+			t.Fatalf("tags: %+v %v", tags, err)
+		}
+		status, _ = e.do("PUT", "/_matrix/client/v3/user/@alice:localhost/rooms/"+string(room.RoomID)+"/tags/x", alice.AccessToken, `{"order":7}`)
+		if status != 400 {
+			t.Fatalf("tag order out of range: %d", status)
+		}
+		_, since = syncUntil(t, alice, since, func(r *mautrix.RespSync) bool {
+			jr := r.Rooms.Join[room.RoomID]
+			if jr == nil {
+				return false
+			}
+			for _, ev := range jr.AccountData.Events {
+				if ev.Type.Type == "m.tag" {
+					return true
+				}
+			}
+			return false
+		})
+
 		// Typing: bob starts, alice sees him; bob stops, alice sees the empty list.
 		if _, err := bob.UserTyping(ctx(t), room.RoomID, true, 30*time.Second); err != nil {
 			t.Fatal(err)
@@ -544,4 +575,84 @@ func TestSyncE2EEHook(t *testing.T) {
 		}
 		since = r.NextBatch
 	}
+}
+
+func TestUnreadCounts(t *testing.T) {
+	forEachDB(t, func(t *testing.T, e *env) {
+		alice, bob := e.user("alice"), e.user("bob")
+		room, err := alice.CreateRoom(ctx(t), &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bob.JoinRoomByID(ctx(t), room.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		_, since := syncUntil(t, alice, "", func(*mautrix.RespSync) bool { return true })
+		if _, err := alice.SendText(ctx(t), room.RoomID, "my own message does not count"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bob.SendText(ctx(t), room.RoomID, "one"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bob.SendNotice(ctx(t), room.RoomID, "a notice does not count"); err != nil {
+			t.Fatal(err)
+		}
+		last, err := bob.SendMessageEvent(ctx(t), room.RoomID, event.EventMessage, map[string]any{
+			"msgtype": "m.text", "body": "hey Alice", "m.mentions": map[string]any{"user_ids": []string{"@alice:localhost"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		counts := func(r *mautrix.RespSync) (int, int, bool) {
+			jr := r.Rooms.Join[room.RoomID]
+			if jr == nil {
+				return 0, 0, false
+			}
+			return jr.UnreadNotifications.NotificationCount, jr.UnreadNotifications.HighlightCount, true
+		}
+		resp, since := syncUntil(t, alice, since, func(r *mautrix.RespSync) bool { n, _, ok := counts(r); return ok && n == 2 })
+		if _, h, _ := counts(resp); h != 1 {
+			t.Fatalf("highlight count %d, want 1", h)
+		}
+		if err := alice.SendReceipt(ctx(t), room.RoomID, last.EventID, event.ReceiptTypeRead, nil); err != nil {
+			t.Fatal(err)
+		}
+		_, since = syncUntil(t, alice, since, func(r *mautrix.RespSync) bool { n, h, ok := counts(r); return ok && n == 0 && h == 0 })
+		// Muting the room the way Element does (an override rule on room_id without notify) silences it.
+		status, body := e.do("PUT", "/_matrix/client/v3/pushrules/global/override/"+string(room.RoomID), alice.AccessToken,
+			map[string]any{"actions": []any{}, "conditions": []any{map[string]any{"kind": "event_match", "key": "room_id", "pattern": room.RoomID}}})
+		if status != 200 {
+			t.Fatalf("mute: %d %v", status, body)
+		}
+		if _, err := bob.SendText(ctx(t), room.RoomID, "into the void"); err != nil {
+			t.Fatal(err)
+		}
+		resp, _ = syncUntil(t, alice, since, func(r *mautrix.RespSync) bool {
+			jr := r.Rooms.Join[room.RoomID]
+			return jr != nil && len(jr.Timeline.Events) > 0
+		})
+		if n, _, _ := counts(resp); n != 0 {
+			t.Fatalf("muted room counts %d notifications", n)
+		}
+		rules, err := alice.GetPushRules(ctx(t))
+		if err != nil || rules.Override[1].RuleID != string(room.RoomID) || rules.Override[0].RuleID != ".m.rule.master" {
+			t.Fatalf("stored rules: %v", err)
+		}
+		// Default rules cannot be deleted; the user's own rule can, and can be disabled first.
+		if status, _ := e.do("DELETE", "/_matrix/client/v3/pushrules/global/override/.m.rule.master", alice.AccessToken, nil); status != 403 {
+			t.Fatalf("deleting a default rule: %d", status)
+		}
+		if status, body := e.do("PUT", "/_matrix/client/v3/pushrules/global/override/"+string(room.RoomID)+"/enabled", alice.AccessToken, `{"enabled":false}`); status != 200 {
+			t.Fatalf("disable rule: %d %v", status, body)
+		}
+		status, body = e.do("GET", "/_matrix/client/v3/pushrules/global/override/"+string(room.RoomID)+"/enabled", alice.AccessToken, nil)
+		if status != 200 || body["enabled"] != false {
+			t.Fatalf("get enabled: %d %v", status, body)
+		}
+		if status, body := e.do("DELETE", "/_matrix/client/v3/pushrules/global/override/"+string(room.RoomID), alice.AccessToken, nil); status != 200 {
+			t.Fatalf("delete rule: %d %v", status, body)
+		}
+		if status, _ := e.do("GET", "/_matrix/client/v3/pushrules/global/override/"+string(room.RoomID), alice.AccessToken, nil); status != 404 {
+			t.Fatalf("deleted rule still there: %d", status)
+		}
+	})
 }

@@ -144,7 +144,10 @@ func testBridgeRoundTrip(t *testing.T, dbc dbConn) {
 		t.Fatalf("login never reported CONNECTED: %+v", tb.fm.states)
 	}
 
-	// A new thread from Bob.
+	// A new thread from Bob. The homeserver refuses the first room creation: the mail is retried, not lost.
+	tb.fm.mu.Lock()
+	tb.fm.failCreate = 1
+	tb.fm.mu.Unlock()
 	m1 := testMail(bob, acct.Address, "Lunch on Friday?", "m1@remote.test", "Cc: Carol <"+carol+">")
 	m1 = []byte(strings.Replace(string(m1), "From: Outside Person", "From: Bob Example", 1))
 	ms.Deliver(t, bob, []string{acct.Address}, m1)
@@ -172,6 +175,10 @@ func testBridgeRoundTrip(t *testing.T, dbc dbConn) {
 		t.Errorf("user not invited to the portal: invited %v", r.Invited)
 	}
 	msgs := tb.fm.roomMessages(room)
+	if tb.fm.failCreate != 0 || len(tb.fm.rooms) != 1 || len(msgs) != 1 {
+		t.Errorf("after a failed room creation: %d rooms, %d messages, %d failures left; want 1, 1, 0",
+			len(tb.fm.rooms), len(msgs), tb.fm.failCreate)
+	}
 	if msgs[0].Sender != bobGhost || !strings.Contains(msgs[0].Content.Body, "Hello from m1@remote.test") {
 		t.Errorf("first message %+v from %s, want Bob's ghost %s with the body", msgs[0].Content, msgs[0].Sender, bobGhost)
 	}

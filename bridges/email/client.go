@@ -34,10 +34,6 @@ type Client struct {
 	cancel   context.CancelFunc
 	done     chan struct{}
 	loggedIn atomic.Bool
-
-	// pendingInfo holds the chat info of a thread whose portal is about to be created by the event being
-	// queued; bridgev2 asks for it through GetChatInfo while creating the room.
-	pendingInfo sync.Map // networkid.PortalID → *bridgev2.ChatInfo
 }
 
 var (
@@ -188,7 +184,7 @@ func (cl *Client) GetCapabilities(context.Context, *bridgev2.Portal) *event.Room
 		fmtAll[f] = event.CapLevelFullySupported
 	}
 	fileCaps := &event.FileFeatures{MimeTypes: map[string]event.CapabilitySupportLevel{"*/*": event.CapLevelFullySupported},
-		Caption: event.CapLevelFullySupported, MaxSize: cl.conn.cfg.MaxAttachmentBytes}
+		Caption: event.CapLevelFullySupported, MaxSize: cl.conn.maxAttachmentBytes()}
 	return &event.RoomFeatures{
 		ID:         "net.passerelle.email.capabilities.1",
 		Formatting: fmtAll,
@@ -213,9 +209,6 @@ func (cl *Client) GetUserInfo(_ context.Context, ghost *bridgev2.Ghost) (*bridge
 // GetChatInfo implements bridgev2.NetworkAPI: the room name is the thread's base subject and the members are
 // the user plus every correspondent of the thread.
 func (cl *Client) GetChatInfo(_ context.Context, portal *bridgev2.Portal) (*bridgev2.ChatInfo, error) {
-	if v, ok := cl.pendingInfo.Load(portal.ID); ok {
-		return v.(*bridgev2.ChatInfo), nil
-	}
 	meta, _ := portal.Metadata.(*PortalMetadata)
 	if meta == nil {
 		meta = &PortalMetadata{}
@@ -278,7 +271,7 @@ func synthID(body io.ReadSeeker) (string, error) {
 // handleMail is the watcher's Handler: parse, find the thread, queue the message to bridgev2.
 func (cl *Client) handleMail(ctx context.Context, m *Mail) error {
 	log := zerolog.Ctx(ctx).With().Uint32("uid", m.UID).Logger()
-	e, err := msgconv.Parse(m.Body, msgconv.ParseOptions{MaxAttachmentBytes: cl.conn.cfg.MaxAttachmentBytes})
+	e, err := msgconv.Parse(m.Body, msgconv.ParseOptions{MaxAttachmentBytes: cl.conn.maxAttachmentBytes()})
 	if err != nil || e == nil {
 		// Nothing usable at all (empty or unreadable). Skipping is the only option; it is logged, not retried.
 		log.Warn().Err(err).Int64("size", m.Size).Msg("Mail could not be parsed at all, skipping it")
@@ -301,11 +294,19 @@ func (cl *Client) handleMail(ctx context.Context, m *Mail) error {
 	for _, a := range append(append([]msgconv.Address{e.From}, e.To...), e.Cc...) {
 		cl.conn.rememberName(a.Email, a.Name)
 	}
-	// Chat info for the case the portal does not exist yet: bridgev2 asks GetChatInfo while creating it.
-	pre := &PortalMetadata{}
-	pre.observe(e, msgID, realID)
-	cl.pendingInfo.Store(portalID, cl.chatInfo(pre))
-	defer cl.pendingInfo.Delete(portalID)
+	// A new thread gets its room first, synchronously, so a failed room creation is an error here (retried by
+	// the watcher) rather than an event that silently goes nowhere.
+	portal, err := cl.conn.br.GetPortalByKey(ctx, key)
+	if err != nil {
+		return fmt.Errorf("get portal %s: %w", portalID, err)
+	}
+	if portal.MXID == "" {
+		pre := &PortalMetadata{}
+		pre.observe(e, msgID, realID)
+		if err := portal.CreateMatrixRoom(ctx, cl.login, cl.chatInfo(pre)); err != nil {
+			return fmt.Errorf("create room for thread %s: %w", portalID, err)
+		}
+	}
 
 	ts := e.Date
 	if ts.IsZero() || ts.After(time.Now()) {

@@ -28,6 +28,9 @@ type Connector struct {
 	// named when bridgev2 asks GetUserInfo.
 	names sync.Map // lower-case address → display name
 
+	// homeserverMax is the homeserver's upload limit, once bridgev2 has told us (SetMaxFileSize).
+	homeserverMax atomic.Int64
+
 	// mailsHandled counts mails handed to bridgev2 (including duplicates it ignored); tests read it.
 	mailsHandled atomic.Int64
 
@@ -60,10 +63,16 @@ func (c *Connector) SetSecretKeyFile(path string) { c.sealer = NewSealer(path) }
 
 // SetMaxFileSize implements bridgev2.MaxFileSizeingNetwork: attachments larger than the homeserver accepts are
 // replaced by a notice instead of failing the whole message.
-func (c *Connector) SetMaxFileSize(maxSize int64) {
-	if maxSize > 0 && (c.cfg.MaxAttachmentBytes <= 0 || maxSize < c.cfg.MaxAttachmentBytes) {
-		c.cfg.MaxAttachmentBytes = maxSize
+// bridgev2 calls it from its own goroutine while mailboxes may already be syncing, hence the atomic.
+func (c *Connector) SetMaxFileSize(maxSize int64) { c.homeserverMax.Store(maxSize) }
+
+// maxAttachmentBytes is the smaller of the configured limit and the homeserver's upload limit (0 = none known).
+func (c *Connector) maxAttachmentBytes() int64 {
+	limit, hs := c.cfg.MaxAttachmentBytes, c.homeserverMax.Load()
+	if hs > 0 && (limit <= 0 || hs < limit) {
+		return hs
 	}
+	return limit
 }
 
 // Init implements bridgev2.NetworkConnector.

@@ -32,6 +32,8 @@ type fakeMatrix struct {
 	media  map[id.ContentURIString][]byte
 	names  map[id.UserID]string
 	notify chan struct{}
+	// failCreate makes the next n CreateRoom calls fail, like a homeserver hiccup.
+	failCreate int
 }
 
 type fakeRoom struct {
@@ -295,6 +297,10 @@ func (fi *fakeIntent) CreateRoom(_ context.Context, req *mautrix.ReqCreateRoom) 
 	fm := fi.fm
 	fm.mu.Lock()
 	defer fm.mu.Unlock()
+	if fm.failCreate > 0 {
+		fm.failCreate--
+		return "", errors.New("homeserver unavailable")
+	}
 	fm.seq++
 	r := &fakeRoom{ID: id.RoomID(fmt.Sprintf("!r%d:localhost", fm.seq)), Name: req.Name, Creator: fi.mxid,
 		Invited: append([]id.UserID(nil), req.Invite...), Joined: map[id.UserID]bool{fi.mxid: true}}

@@ -260,7 +260,11 @@ func (lp *LoginProcess) finish(ctx context.Context, acct *Account) (*bridgev2.Lo
 			Name:  acct.Address,
 		},
 		Metadata: meta,
-	}, &bridgev2.NewLoginParams{DeleteOnConflict: true})
+	}, &bridgev2.NewLoginParams{
+		// A mailbox bridged by another Matrix user is refused rather than taken over: both know the password (a
+		// shared office mailbox), and silently logging the first one out would lose their bridge.
+		DeleteOnConflict: false,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("save login: %w", err)
 	}

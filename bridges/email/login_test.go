@@ -200,3 +200,21 @@ func TestCheckIMAPUnreachableServer(t *testing.T) {
 		t.Fatalf("error %v", err)
 	}
 }
+
+func TestMaxAttachmentBytesFollowsHomeserverLimit(t *testing.T) {
+	t.Parallel()
+	cfg := configs.Default().Bridges.Email
+	cfg.MaxAttachmentBytes = 25 << 20
+	c := NewConnector(cfg)
+	if got := c.maxAttachmentBytes(); got != 25<<20 {
+		t.Fatalf("before SetMaxFileSize: %d", got)
+	}
+	c.SetMaxFileSize(10 << 20)
+	if got := c.maxAttachmentBytes(); got != 10<<20 {
+		t.Fatalf("homeserver limit 10 MiB: %d", got)
+	}
+	c.SetMaxFileSize(100 << 20)
+	if got := c.maxAttachmentBytes(); got != 25<<20 {
+		t.Fatalf("homeserver limit above the config: %d", got)
+	}
+}

@@ -76,7 +76,7 @@ func (cl *Client) downloadAttachment(ctx context.Context, msg *bridgev2.MatrixMe
 	if c.File != nil {
 		uri = c.File.URL
 	}
-	if max := cl.conn.cfg.MaxAttachmentBytes; max > 0 && c.Info != nil && int64(c.Info.Size) > max {
+	if max := cl.conn.maxAttachmentBytes(); max > 0 && c.Info != nil && int64(c.Info.Size) > max {
 		return nil, fmt.Errorf("file is %d bytes, over the email bridge's %d byte limit", c.Info.Size, max)
 	}
 	data, err := msg.Portal.Bridge.Bot.DownloadMedia(ctx, uri, c.File)

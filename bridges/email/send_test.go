@@ -2,6 +2,7 @@ package email
 
 import (
 	"bytes"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -110,17 +111,17 @@ func TestReplyThreadingOverRealServers(t *testing.T) {
 	}
 }
 
-func TestSendMailRefusedRecipientIsAnError(t *testing.T) {
+// TestSendMailRefusals: a refused login and an empty recipient list are errors, never a silent "sent".
+func TestSendMailRefusals(t *testing.T) {
 	t.Parallel()
 	ms := testenv.Mail(t)
 	alice := newMailbox(t, ms)
-	raw := testMail(alice.Address, "x@nowhere.invalid", "Hi", "r-1@example.test")
-	// Postfix accepts authenticated mail for any domain and bounces later, so refuse by sending unauthenticated:
-	// a plain relay attempt to a foreign domain is rejected at RCPT.
+	raw := testMail(alice.Address, "x@remote.test", "Hi", "r-1@example.test")
 	noAuth := *alice
 	noAuth.Password = "wrong"
-	if err := SendMail(t.Context(), &noAuth, true, alice.Address, []string{"x@nowhere.invalid"}, raw); err == nil {
-		t.Fatal("send with a wrong password succeeded")
+	err := SendMail(t.Context(), &noAuth, true, alice.Address, []string{"x@remote.test"}, raw)
+	if !errors.Is(err, ErrAuthFailed) {
+		t.Fatalf("send with a wrong password: %v, want ErrAuthFailed", err)
 	}
 	if err := SendMail(t.Context(), alice, true, alice.Address, nil, raw); err == nil {
 		t.Fatal("send without recipients succeeded")

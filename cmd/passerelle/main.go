@@ -38,10 +38,16 @@ const DefaultConfigPath = "./data/passerelle.yaml"
 var version = ""
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signalContext()
 	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
+}
+
+// signalContext is cancelled by SIGINT (Ctrl-C) or SIGTERM (docker stop, systemd), which makes serve shut down
+// cleanly. A second signal after stop() kills the process as usual.
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }
 
 const usage = `Passerelle: a Matrix homeserver with built-in bridges (email).

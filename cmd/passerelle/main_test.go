@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha1"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -11,10 +14,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
+	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/passerelle/passerelle/configs"
@@ -36,6 +41,11 @@ func runCmd(t *testing.T, stdin string, args ...string) (int, string, string) {
 
 // writeConfig writes a config for a temp data dir, with the given database section and listen address.
 func writeConfig(t *testing.T, db configs.Database, listen string) (path string, cfg *configs.Config) {
+	return writeConfigExtra(t, db, listen, "")
+}
+
+// writeConfigExtra is writeConfig with extra top-level YAML sections prepended.
+func writeConfigExtra(t *testing.T, db configs.Database, listen, extraYAML string) (path string, cfg *configs.Config) {
 	t.Helper()
 	dir := t.TempDir()
 	cfg = configs.Default()
@@ -49,7 +59,7 @@ func writeConfig(t *testing.T, db configs.Database, listen string) (path string,
 		cfg.Server.PublicBaseURL = "http://" + listen
 	}
 	cfg.Logging.Pretty = false
-	text := fmt.Sprintf(`server:
+	text := extraYAML + fmt.Sprintf(`server:
   data_dir: %q
   listen: %q
   public_base_url: %q
@@ -67,7 +77,7 @@ logging:
 }
 
 // databases are the storage engines every storage-touching test runs on.
-func databases(t *testing.T) map[string]func(t *testing.T) configs.Database {
+func databases() map[string]func(t *testing.T) configs.Database {
 	return map[string]func(t *testing.T) configs.Database{
 		"sqlite": func(t *testing.T) configs.Database { return configs.Database{Type: "sqlite"} },
 		"postgres": func(t *testing.T) configs.Database {
@@ -77,7 +87,7 @@ func databases(t *testing.T) map[string]func(t *testing.T) configs.Database {
 }
 
 func TestUserCreate(t *testing.T) {
-	for name, db := range databases(t) {
+	for name, db := range databases() {
 		t.Run(name, func(t *testing.T) {
 			path, cfg := writeConfig(t, db(t), "")
 			code, out, errOut := runCmd(t, "", "user", "create", "alice", "--password", "correct horse", "--admin", "-c", path)
@@ -205,8 +215,8 @@ func TestVersionAndUsage(t *testing.T) {
 	}
 }
 
-// TestServe starts the real hub through the serve command, checks it answers Matrix requests, and stops it
-// the way SIGTERM does (cancelling the context).
+// TestServe starts the real hub through the serve command, checks it answers Matrix requests (including
+// Synapse-style shared-secret registration) with the email bridge in-process, and stops it with SIGTERM.
 func TestServe(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -214,8 +224,11 @@ func TestServe(t *testing.T) {
 	}
 	addr := l.Addr().String()
 	_ = l.Close()
-	path, cfg := writeConfig(t, configs.Database{Type: "sqlite"}, addr)
-	ctx, cancel := context.WithCancel(t.Context())
+	const secret = "a shared secret of some length"
+	path, cfg := writeConfigExtra(t, configs.Database{Type: "sqlite"}, addr,
+		"registration:\n  shared_secret: \""+secret+"\"\n")
+	// The same signal handling as main: the test ends the server with a real SIGTERM.
+	ctx, cancel := signalContext()
 	defer cancel()
 	done := make(chan int, 1)
 	var errOut syncBuffer
@@ -251,18 +264,43 @@ func TestServe(t *testing.T) {
 	if !found {
 		t.Errorf("/versions = %v, want v1.11 among them", versions.Versions)
 	}
+	// With a shared secret configured, Synapse-compatible tooling can create users.
+	userID := sharedSecretRegister(t, "http://"+addr, secret, "dave", "dave's password", true)
+	if userID != "@dave:localhost" {
+		t.Errorf("shared-secret registration returned %q", userID)
+	}
+	cli, err := mautrix.NewClient("http://"+addr, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Login(t.Context(), &mautrix.ReqLogin{Type: mautrix.AuthTypePassword,
+		Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: "dave"},
+		Password:   "dave's password"}); err != nil {
+		t.Errorf("login as the user created with the shared secret: %v", err)
+	}
+	// The email bridge runs in the same process: its bot exists.
+	if resp, err := cli.GetDisplayName(t.Context(), "@email:localhost"); err != nil {
+		t.Errorf("the email bridge bot is not there: %v", err)
+	} else {
+		t.Logf("bot display name %q", resp.DisplayName)
+	}
 	// The SQLite databases live in the configured data directory.
 	if _, err := os.Stat(filepath.Join(cfg.Server.DataDir, "homeserver.db")); err != nil {
 		t.Errorf("homeserver database: %v", err)
 	}
-	cancel()
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case code := <-done:
 		if code != 0 {
-			t.Fatalf("serve exited with %d after cancel: %s", code, errOut.String())
+			t.Fatalf("serve exited with %d after SIGTERM: %s", code, errOut.String())
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatal("serve did not stop within 30s of cancellation")
+		t.Fatal("serve did not stop within 30s of SIGTERM")
+	}
+	if _, err := http.Get("http://" + addr + "/_matrix/client/versions"); err == nil {
+		t.Error("still serving after SIGTERM")
 	}
 }
 
@@ -284,4 +322,126 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// sharedSecretRegister creates a user through /_synapse/admin/v1/register as Synapse's register_new_matrix_user
+// does (nonce, then HMAC-SHA1 over nonce, user, password and admin flag) and returns the new user ID.
+func sharedSecretRegister(t *testing.T, base, secret, user, password string, admin bool) string {
+	t.Helper()
+	resp, err := http.Get(base + "/_synapse/admin/v1/register")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n struct {
+		Nonce string `json:"nonce"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&n)
+	_ = resp.Body.Close()
+	if err != nil || n.Nonce == "" {
+		t.Fatalf("nonce: %v (status %d)", err, resp.StatusCode)
+	}
+	mac := hmac.New(sha1.New, []byte(secret))
+	adminStr := "notadmin"
+	if admin {
+		adminStr = "admin"
+	}
+	mac.Write([]byte(n.Nonce + "\x00" + user + "\x00" + password + "\x00" + adminStr))
+	body, _ := json.Marshal(map[string]any{"nonce": n.Nonce, "username": user, "password": password,
+		"admin": admin, "mac": hex.EncodeToString(mac.Sum(nil))})
+	resp, err = http.Post(base+"/_synapse/admin/v1/register", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		UserID string `json:"user_id"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("shared-secret register: status %d, %v", resp.StatusCode, err)
+	}
+	return out.UserID
+}
+
+// TestServeFirstStart is `make run` on a fresh checkout: no config yet, default path and port. The config
+// must be written (exactly the commented example) before anything else; if port 8008 is free the hub must come
+// up with SQLite under ./data and stop cleanly, and if another process holds the port the failure must say so.
+func TestServeFirstStart(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var errOut syncBuffer
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, []string{"serve"}, strings.NewReader(""), &errOut, &errOut) }()
+
+	cfgPath := filepath.Join(dir, "data", "passerelle.yaml")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		select {
+		case code := <-done:
+			// Only acceptable early exit: someone else serves on 127.0.0.1:8008 on this machine.
+			if code != 1 || !strings.Contains(errOut.String(), "address already in use") {
+				t.Fatalf("serve exited with %d: %s", code, errOut.String())
+			}
+			t.Logf("port 8008 is taken on this machine; checked only the first-start config")
+			checkWrittenConfig(t, cfgPath)
+			return
+		default:
+		}
+		if _, err := os.Stat(filepath.Join(dir, "data", "bridge-email.db")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hub not up after 60s: %s", errOut.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	checkWrittenConfig(t, cfgPath)
+	for _, f := range []string{"homeserver.db", "bridge-email.db"} {
+		if _, err := os.Stat(filepath.Join(dir, "data", f)); err != nil {
+			t.Errorf("./data/%s: %v", f, err)
+		}
+	}
+	// Wait for the listener (or for the exit that says the port is taken).
+	for served := false; !served; {
+		select {
+		case code := <-done:
+			if code != 1 || !strings.Contains(errOut.String(), "address already in use") {
+				t.Fatalf("serve exited with %d: %s", code, errOut.String())
+			}
+			t.Logf("port 8008 is taken on this machine; checked the first-start config and databases only")
+			return
+		default:
+		}
+		if resp, err := http.Get("http://127.0.0.1:8008/_matrix/client/versions"); err == nil {
+			_ = resp.Body.Close()
+			served = resp.StatusCode == http.StatusOK
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing answers on 127.0.0.1:8008: %s", errOut.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code == 1 && strings.Contains(errOut.String(), "address already in use") {
+			t.Logf("port 8008 is taken on this machine; checked the first-start config and databases only")
+		} else if code != 0 {
+			t.Fatalf("serve exited with %d: %s", code, errOut.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+}
+
+func checkWrittenConfig(t *testing.T, path string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("first start did not write %s: %v", path, err)
+	}
+	if !bytes.Equal(data, configs.Example) {
+		t.Errorf("%s is not the commented example", path)
+	}
 }

@@ -35,6 +35,17 @@ func (a *API) registerKeys(c func(method, path string, h http.HandlerFunc)) {
 	c("POST", "/keys/device_signing/upload", a.authed(a.deviceSigningUpload))
 	c("POST", "/keys/signatures/upload", a.authed(a.signaturesUpload))
 	c("PUT", "/sendToDevice/{eventType}/{txnID}", a.authed(a.sendToDevice))
+
+	c("GET", "/room_keys/version", a.authed(a.getBackupVersion))
+	c("GET", "/room_keys/version/{version}", a.authed(a.getBackupVersion))
+	c("POST", "/room_keys/version", a.authed(a.createBackupVersion))
+	c("PUT", "/room_keys/version/{version}", a.authed(a.putBackupVersion))
+	c("DELETE", "/room_keys/version/{version}", a.authed(a.deleteBackupVersion))
+	for _, p := range []string{"/room_keys/keys", "/room_keys/keys/{roomID}", "/room_keys/keys/{roomID}/{sessionID}"} {
+		c("GET", p, a.authed(a.getBackupKeys))
+		c("PUT", p, a.authed(a.putBackupKeys))
+		c("DELETE", p, a.authed(a.deleteBackupKeys))
+	}
 }
 
 // readKeysJSON decodes a key endpoint body of at most maxKeysBodyBytes.
@@ -139,12 +150,12 @@ func (a *API) keysChanges(w http.ResponseWriter, r *http.Request, au *Auth) {
 		}
 		to = min(t.E2EE, to)
 	}
-	changed, err := a.e2ee.Changes(r.Context(), au.User, from.E2EE, to)
+	changed, left, err := a.e2ee.Changes(r.Context(), au.User, from.E2EE, to)
 	if err != nil {
 		RespondError(w, r, err)
 		return
 	}
-	RespondJSON(w, http.StatusOK, map[string]any{"changed": changed, "left": []id.UserID{}})
+	RespondJSON(w, http.StatusOK, map[string]any{"changed": changed, "left": left})
 }
 
 func (a *API) sendToDevice(w http.ResponseWriter, r *http.Request, au *Auth) {
@@ -301,4 +312,162 @@ func (a *API) dropDeviceKeys(ctx context.Context, user id.UserID, device id.Devi
 	if err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Stringer("device_id", device).Msg("cannot delete the keys of a deleted device")
 	}
+}
+
+func (a *API) getBackupVersion(w http.ResponseWriter, r *http.Request, au *Auth) {
+	v, err := a.e2ee.BackupVersion(r.Context(), au.User, r.PathValue("version"))
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	RespondJSON(w, http.StatusOK, v)
+}
+
+type backupVersionReq struct {
+	Algorithm string          `json:"algorithm"`
+	AuthData  json.RawMessage `json:"auth_data"`
+	Version   string          `json:"version"`
+}
+
+func (a *API) createBackupVersion(w http.ResponseWriter, r *http.Request, au *Auth) {
+	var req backupVersionReq
+	if err := ReadJSON(r, &req); err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	v, err := a.e2ee.CreateBackupVersion(r.Context(), au.User, req.Algorithm, req.AuthData)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	RespondJSON(w, http.StatusOK, map[string]string{"version": v})
+}
+
+func (a *API) putBackupVersion(w http.ResponseWriter, r *http.Request, au *Auth) {
+	var req backupVersionReq
+	if err := ReadJSON(r, &req); err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	version := r.PathValue("version")
+	if req.Version != "" && req.Version != version {
+		RespondError(w, r, mxerr.InvalidParam("version in the body does not match the path"))
+		return
+	}
+	if err := a.e2ee.UpdateBackupVersion(r.Context(), au.User, version, req.Algorithm, req.AuthData); err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	RespondJSON(w, http.StatusOK, struct{}{})
+}
+
+func (a *API) deleteBackupVersion(w http.ResponseWriter, r *http.Request, au *Auth) {
+	if err := a.e2ee.DeleteBackupVersion(r.Context(), au.User, r.PathValue("version")); err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	RespondJSON(w, http.StatusOK, struct{}{})
+}
+
+// backupTarget reads the ?version= and the optional {roomID}/{sessionID} of a /room_keys/keys request.
+func backupTarget(r *http.Request) (version string, room id.RoomID, session id.SessionID, err error) {
+	version = r.URL.Query().Get("version")
+	if version == "" {
+		return "", "", "", mxerr.MissingParam("version is required")
+	}
+	if rs := r.PathValue("roomID"); rs != "" {
+		if room, err = parseRoomID(rs); err != nil {
+			return "", "", "", err
+		}
+	}
+	return version, room, id.SessionID(r.PathValue("sessionID")), nil
+}
+
+func (a *API) getBackupKeys(w http.ResponseWriter, r *http.Request, au *Auth) {
+	version, room, session, err := backupTarget(r)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	keys, err := a.e2ee.BackupKeys(r.Context(), au.User, version, room, session)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	switch {
+	case session != "":
+		k := keys[room][session]
+		if k == nil {
+			RespondError(w, r, mxerr.NotFound("no such session in the backup"))
+			return
+		}
+		RespondJSON(w, http.StatusOK, k)
+	case room != "":
+		sessions := keys[room]
+		if sessions == nil {
+			sessions = map[id.SessionID]*e2ee.BackupKey{}
+		}
+		RespondJSON(w, http.StatusOK, map[string]any{"sessions": sessions})
+	default:
+		rooms := map[id.RoomID]any{}
+		for rid, sessions := range keys {
+			rooms[rid] = map[string]any{"sessions": sessions}
+		}
+		RespondJSON(w, http.StatusOK, map[string]any{"rooms": rooms})
+	}
+}
+
+func (a *API) putBackupKeys(w http.ResponseWriter, r *http.Request, au *Auth) {
+	version, room, session, err := backupTarget(r)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	keys := e2ee.BackupRooms{}
+	switch {
+	case session != "":
+		var k e2ee.BackupKey
+		err = readKeysJSON(r, &k)
+		keys[room] = map[id.SessionID]*e2ee.BackupKey{session: &k}
+	case room != "":
+		var body struct {
+			Sessions map[id.SessionID]*e2ee.BackupKey `json:"sessions"`
+		}
+		err = readKeysJSON(r, &body)
+		keys[room] = body.Sessions
+	default:
+		var body struct {
+			Rooms map[id.RoomID]struct {
+				Sessions map[id.SessionID]*e2ee.BackupKey `json:"sessions"`
+			} `json:"rooms"`
+		}
+		err = readKeysJSON(r, &body)
+		for rid, rk := range body.Rooms {
+			keys[rid] = rk.Sessions
+		}
+	}
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	count, etag, err := a.e2ee.PutBackupKeys(r.Context(), au.User, version, keys)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	RespondJSON(w, http.StatusOK, map[string]any{"count": count, "etag": etag})
+}
+
+func (a *API) deleteBackupKeys(w http.ResponseWriter, r *http.Request, au *Auth) {
+	version, room, session, err := backupTarget(r)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	count, etag, err := a.e2ee.DeleteBackupKeys(r.Context(), au.User, version, room, session)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	RespondJSON(w, http.StatusOK, map[string]any{"count": count, "etag": etag})
 }

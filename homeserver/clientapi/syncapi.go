@@ -303,19 +303,6 @@ func (a *API) putAccountData(w http.ResponseWriter, r *http.Request, au *Auth) {
 	RespondJSON(w, http.StatusOK, struct{}{})
 }
 
-func (a *API) pushRules(w http.ResponseWriter, r *http.Request, au *Auth) {
-	rest := strings.TrimSuffix(r.PathValue("rest"), "/")
-	rules := DefaultPushRules(au.User)
-	switch rest {
-	case "":
-		RespondJSON(w, http.StatusOK, map[string]any{"global": rules})
-	case "global":
-		RespondJSON(w, http.StatusOK, rules)
-	default:
-		RespondError(w, r, mxerr.NotFound("push rule not found"))
-	}
-}
-
 func (a *API) pushers(w http.ResponseWriter, r *http.Request, _ *Auth) {
 	RespondJSON(w, http.StatusOK, map[string]any{"pushers": []any{}})
 }

@@ -14,8 +14,10 @@ type SyncData struct {
 	// ToDevice are the device's queued messages (client format: sender, type, content).
 	ToDevice []json.RawMessage
 	// Changed are the users (sharing a joined room with the syncer, or the syncer) whose devices or
-	// cross-signing keys changed.
+	// cross-signing keys changed, or who started sharing a room with the syncer.
 	Changed []id.UserID
+	// Left are the users who no longer share any room with the syncer.
+	Left []id.UserID
 	// OneTimeKeyCounts is device_one_time_keys_count.
 	OneTimeKeyCounts map[string]int
 	// UnusedFallbackKeyTypes is device_unused_fallback_key_types.
@@ -33,7 +35,7 @@ func (s *Service) Sync(ctx context.Context, user id.UserID, device id.DeviceID, 
 
 // sync is Sync with a bound on the to-device messages returned (0 = no bound).
 func (s *Service) sync(ctx context.Context, user id.UserID, device id.DeviceID, since, upTo int64, initial bool, maxToDevice int) (*SyncData, error) {
-	d := &SyncData{ToDevice: []json.RawMessage{}, Changed: []id.UserID{}, UnusedFallbackKeyTypes: []string{}, Pos: upTo}
+	d := &SyncData{ToDevice: []json.RawMessage{}, Changed: []id.UserID{}, Left: []id.UserID{}, UnusedFallbackKeyTypes: []string{}, Pos: upTo}
 	if initial {
 		since = 0
 	}
@@ -60,59 +62,74 @@ func (s *Service) sync(ctx context.Context, user id.UserID, device id.DeviceID, 
 		d.OneTimeKeyCounts = map[string]int{string(id.KeyAlgorithmSignedCurve25519): 0}
 	}
 	if !initial {
-		if d.Changed, err = s.Changes(ctx, user, since, d.Pos); err != nil {
+		if d.Changed, d.Left, err = s.Changes(ctx, user, since, d.Pos); err != nil {
 			return nil, err
 		}
 	}
 	return d, nil
 }
 
-// Changes returns the users whose device list changed between the e2ee positions from (exclusive) and to
-// (inclusive) and who share a joined room with user, or are user. It answers /keys/changes and the
-// device_lists.changed member of /sync.
-func (s *Service) Changes(ctx context.Context, user id.UserID, from, to int64) ([]id.UserID, error) {
-	out := []id.UserID{}
+// Changes returns how user's view of other users' devices changed between the e2ee positions from (exclusive)
+// and to (inclusive). changed: users sharing a joined room with user (or user) whose devices or cross-signing
+// keys changed, and users who started sharing a room with user. left: users who share no room with user any
+// more. It answers /keys/changes and the device_lists member of /sync.
+func (s *Service) Changes(ctx context.Context, user id.UserID, from, to int64) (changed, left []id.UserID, err error) {
+	changed, left = []id.UserID{}, []id.UserID{}
 	if to <= from {
-		return out, nil
+		return changed, left, nil
 	}
 	rows, err := s.db.Query(ctx, `SELECT user_id FROM e2ee_device_changes WHERE pos>$1 AND pos<=$2 ORDER BY user_id`, from, to)
 	if err != nil {
-		return nil, fmt.Errorf("load device list changes: %w", err)
+		return nil, nil, fmt.Errorf("load device list changes: %w", err)
 	}
 	var candidates []id.UserID
 	for rows.Next() {
 		var u id.UserID
 		if err := rows.Scan(&u); err != nil {
 			rows.Close()
-			return nil, fmt.Errorf("load device list changes: %w", err)
+			return nil, nil, fmt.Errorf("load device list changes: %w", err)
 		}
 		candidates = append(candidates, u)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("load device list changes: %w", err)
+		return nil, nil, fmt.Errorf("load device list changes: %w", err)
 	}
-	if len(candidates) == 0 {
-		return out, nil
-	}
-	mine, err := s.rooms.RoomsForUser(ctx, user, "join")
+	joins, leaves, err := s.membershipChanges(ctx, user, from, to)
 	if err != nil {
-		return nil, fmt.Errorf("rooms of %s: %w", user, err)
+		return nil, nil, err
 	}
-	for _, u := range candidates {
-		if u == user {
-			out = append(out, u)
-			continue
-		}
-		theirs, err := s.rooms.RoomsForUser(ctx, u, "join")
+	if len(candidates) > 0 {
+		mine, err := s.rooms.RoomsForUser(ctx, user, "join")
 		if err != nil {
-			return nil, fmt.Errorf("rooms of %s: %w", u, err)
+			return nil, nil, fmt.Errorf("rooms of %s: %w", user, err)
 		}
-		if slices.ContainsFunc(theirs, func(r id.RoomID) bool { return slices.Contains(mine, r) }) {
-			out = append(out, u)
+		for _, u := range candidates {
+			if u == user {
+				changed = append(changed, u)
+				continue
+			}
+			theirs, err := s.rooms.RoomsForUser(ctx, u, "join")
+			if err != nil {
+				return nil, nil, fmt.Errorf("rooms of %s: %w", u, err)
+			}
+			if slices.ContainsFunc(theirs, func(r id.RoomID) bool { return slices.Contains(mine, r) }) {
+				changed = append(changed, u)
+			}
 		}
 	}
-	return out, nil
+	for _, u := range joins {
+		if !slices.Contains(changed, u) {
+			changed = append(changed, u)
+		}
+	}
+	for _, u := range leaves {
+		if !slices.Contains(changed, u) {
+			left = append(left, u)
+		}
+	}
+	slices.Sort(changed)
+	return changed, left, nil
 }
 
 // DeleteDevice forgets a deleted device: its device keys, one-time and fallback keys and queued to-device

@@ -19,6 +19,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/passerelle/passerelle/homeserver/e2ee/upgrades"
+	"github.com/passerelle/passerelle/homeserver/rooms"
 	"github.com/passerelle/passerelle/homeserver/users"
 )
 
@@ -26,6 +27,10 @@ import (
 type Rooms interface {
 	// RoomsForUser lists the rooms where userID's membership is one of memberships.
 	RoomsForUser(ctx context.Context, userID id.UserID, memberships ...string) ([]id.RoomID, error)
+	// JoinedMembers lists the users joined to roomID.
+	JoinedMembers(ctx context.Context, roomID id.RoomID) ([]id.UserID, error)
+	// Subscribe calls fn for every persisted event, in stream order, after commit.
+	Subscribe(fn func(*rooms.Event))
 }
 
 // Devices lists the devices a user is logged in on.
@@ -57,7 +62,8 @@ type Service struct {
 	pos   int64
 }
 
-// New runs the e2ee migrations on db (version table e2ee_version) and loads the current stream position.
+// New runs the e2ee migrations on db (version table e2ee_version), loads the current stream position and
+// subscribes to room events to follow who shares rooms with whom.
 func New(ctx context.Context, db *dbutil.Database, serverName string, rooms Rooms, devices Devices, waker Waker,
 	log zerolog.Logger) (*Service, error) {
 	child := db.Child("e2ee_version", upgrades.Table, dbutil.ZeroLogger(log.With().Str("db_section", "e2ee").Logger()))
@@ -66,11 +72,13 @@ func New(ctx context.Context, db *dbutil.Database, serverName string, rooms Room
 	}
 	s := &Service{db: child, rooms: rooms, devices: devices, waker: waker, serverName: serverName, log: log}
 	err := child.QueryRow(ctx, `SELECT COALESCE(MAX(p), 0) FROM (
-		SELECT MAX(pos) AS p FROM e2ee_to_device UNION ALL SELECT MAX(pos) AS p FROM e2ee_device_changes) AS m`).
+		SELECT MAX(pos) AS p FROM e2ee_to_device UNION ALL SELECT MAX(pos) AS p FROM e2ee_device_changes
+		UNION ALL SELECT MAX(pos) AS p FROM e2ee_member_changes) AS m`).
 		Scan(&s.pos)
 	if err != nil {
 		return nil, fmt.Errorf("load e2ee stream position: %w", err)
 	}
+	rooms.Subscribe(s.onRoomEvent)
 	return s, nil
 }
 

@@ -276,7 +276,7 @@ func TestUploadQuery(t *testing.T) {
 		if c, _ := f.svc.OneTimeKeyCounts(ctx, alice, "ADEV"); c["signed_curve25519"] != 0 {
 			t.Fatalf("one-time keys of a deleted device kept: %v", c)
 		}
-		ch, err := f.svc.Changes(ctx, bob, pos, f.svc.Pos())
+		ch, _, err := f.svc.Changes(ctx, bob, pos, f.svc.Pos())
 		if err != nil || !slices.Equal(ch, []id.UserID{alice}) {
 			t.Fatalf("changes after delete: %v %v", ch, err)
 		}
@@ -526,7 +526,7 @@ func TestCrossSigning(t *testing.T) {
 		if err := f.svc.UploadCrossSigning(ctx, alice, up); err != nil {
 			t.Fatal(err)
 		}
-		if ch, _ := f.svc.Changes(ctx, bob, pos, f.svc.Pos()); !slices.Equal(ch, []id.UserID{alice}) {
+		if ch, _, _ := f.svc.Changes(ctx, bob, pos, f.svc.Pos()); !slices.Equal(ch, []id.UserID{alice}) {
 			t.Fatalf("cross-signing upload is not a device list change for bob: %v", ch)
 		}
 		res, _ := f.svc.Query(ctx, bob, map[id.UserID][]id.DeviceID{alice: nil})
@@ -609,5 +609,54 @@ func TestRestartKeepsPosition(t *testing.T) {
 		if again.Pos() != f.svc.Pos() || again.Pos() != 2 {
 			t.Fatalf("position after restart %d, want %d", again.Pos(), f.svc.Pos())
 		}
+	})
+}
+
+func TestDeviceListsOnMembership(t *testing.T) {
+	dbtest.Run(t, func(t *testing.T, db *dbutil.Database) {
+		f := newFixture(t, db)
+		ctx := t.Context()
+		alice := f.user("alice", "ADEV")
+		bob := f.user("bob", "BDEV")
+		carol := f.user("carol", "CDEV")
+		room := f.sharedRoom(alice, bob)
+		other := f.sharedRoom(alice, bob)
+		start := f.svc.Pos()
+		f.wakes.reset()
+		if _, err := f.rooms.Join(ctx, room, carol); err != nil {
+			t.Fatal(err)
+		}
+		if _, rs := f.wakes.reset(); !slices.Contains(rs, room) {
+			t.Fatalf("a join must wake the room's waiters again: %v", rs)
+		}
+		check := func(who id.UserID, from int64, wantChanged, wantLeft []id.UserID) {
+			t.Helper()
+			ch, left, err := f.svc.Changes(ctx, who, from, f.svc.Pos())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(ch, wantChanged) || !slices.Equal(left, wantLeft) {
+				t.Fatalf("%s: changed %v left %v, want %v %v", who, ch, left, wantChanged, wantLeft)
+			}
+		}
+		check(alice, start, []id.UserID{carol}, []id.UserID{})
+		check(carol, start, []id.UserID{alice, bob}, []id.UserID{})
+
+		// carol also joins the second room, then leaves the first: she still shares a room, so nobody "left".
+		if _, err := f.rooms.Join(ctx, other, carol); err != nil {
+			t.Fatal(err)
+		}
+		mid := f.svc.Pos()
+		if _, err := f.rooms.Leave(ctx, room, carol, ""); err != nil {
+			t.Fatal(err)
+		}
+		check(alice, mid, []id.UserID{}, []id.UserID{})
+		// Leaving the last shared room: alice sees carol leave; carol sees alice and bob leave.
+		last := f.svc.Pos()
+		if _, err := f.rooms.Leave(ctx, other, carol, ""); err != nil {
+			t.Fatal(err)
+		}
+		check(alice, last, []id.UserID{}, []id.UserID{carol})
+		check(carol, last, []id.UserID{}, []id.UserID{alice, bob})
 	})
 }

@@ -18,7 +18,7 @@ func (s *Service) SyncData(ctx context.Context, user id.UserID, device id.Device
 		return nil, err
 	}
 	return &hsync.E2EEData{
-		ToDevice: d.ToDevice, Changed: d.Changed, Left: []id.UserID{},
+		ToDevice: d.ToDevice, Changed: d.Changed, Left: d.Left,
 		OTKCount: d.OneTimeKeyCounts, FallbackKeys: d.UnusedFallbackKeyTypes, Pos: d.Pos,
 	}, nil
 }

@@ -17,6 +17,13 @@ import (
 // key shares for a big room arrive as hundreds of messages, and one huge response is worse than a few syncs.
 const MaxToDevicePerSync = 100
 
+// Transaction IDs of to-device sends are kept for txnKeep, long enough for any client retry (clients retry for
+// minutes, not days), and pruned every txnPruneEvery stream positions so the table stays small.
+const (
+	txnKeep       = 24 * time.Hour
+	txnPruneEvery = 256
+)
+
 // ToDeviceRequest is one PUT /sendToDevice/{type}/{txnId}.
 type ToDeviceRequest struct {
 	// Sender is who sends, SenderDevice their device ("" for an appservice); with TxnID they make the send
@@ -72,6 +79,12 @@ func (s *Service) SendToDevice(ctx context.Context, req ToDeviceRequest) error {
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
 			return false, nil // a retry: delivered the first time
+		}
+		if pos%txnPruneEvery == 0 {
+			_, err = s.db.Exec(ctx, `DELETE FROM e2ee_to_device_txn WHERE ts<$1`, time.Now().Add(-txnKeep).UnixMilli())
+			if err != nil {
+				return false, fmt.Errorf("prune old transactions: %w", err)
+			}
 		}
 		for _, m := range msgs {
 			_, err := s.db.Exec(ctx, `INSERT INTO e2ee_to_device (user_id, device_id, pos, sender, event_type, content)

@@ -157,7 +157,7 @@ type Timeline struct {
 	PrevBatch string            `json:"prev_batch,omitempty"`
 }
 
-// UnreadCounts are the notification counts of a joined room (always zero: push rules are not evaluated yet).
+// UnreadCounts are the notification counts of a joined room (see unreadCounts for how they are estimated).
 type UnreadCounts struct {
 	Highlight    int `json:"highlight_count"`
 	Notification int `json:"notification_count"`
@@ -341,6 +341,10 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 	if err != nil {
 		return nil, fmt.Errorf("list joined rooms: %w", err)
 	}
+	var (
+		rules       *pushRules // loaded on first use
+		rulesLoaded bool
+	)
 	for _, room := range joined {
 		if !RoomAllowed(f, room) {
 			continue
@@ -406,6 +410,12 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 			jr.AccountData.Events = ad
 		}
 		if newly || len(evs) > 0 || len(jr.Ephemeral.Events) > 0 || len(jr.AccountData.Events) > 0 {
+			if !rulesLoaded {
+				rules, rulesLoaded = s.loadPushRules(ctx, req.User), true
+			}
+			if jr.UnreadNotifications, err = s.unreadCounts(ctx, room, req.User, memberEv, evPos, rules); err != nil {
+				return nil, err
+			}
 			resp.Rooms.Join[room] = jr
 		}
 	}

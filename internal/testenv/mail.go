@@ -84,7 +84,7 @@ func Mail(t testing.TB) *MailServers {
 }
 
 // AddUser creates the mailbox local@Domain with password and returns its address; it can be used at once.
-// Adding an address that already exists replaces its password (Dovecot may take a second to notice).
+// Adding an address that already exists replaces its password (Dovecot notices within about a second).
 // It is safe for concurrent use.
 func (m *MailServers) AddUser(t testing.TB, local, password string) string {
 	t.Helper()
@@ -128,6 +128,17 @@ func (m *MailServers) addAddress(address, password string) error {
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, []byte(line), 0o644); err != nil {
 		return err
+	}
+	// Dovecot notices a changed passwd-file by its mtime (whole seconds) and size: a replacement must carry
+	// a later second than the file it replaces, or a same-length password change would go unseen.
+	if old, err := os.Stat(path); err == nil {
+		mtime := time.Now().Truncate(time.Second)
+		if !mtime.After(old.ModTime()) {
+			mtime = old.ModTime().Truncate(time.Second).Add(time.Second)
+		}
+		if err := os.Chtimes(tmp, mtime, mtime); err != nil {
+			return err
+		}
 	}
 	return os.Rename(tmp, path)
 }

@@ -250,3 +250,24 @@ func TestMailKick(t *testing.T) {
 		t.Fatal("the session survived the kick")
 	}
 }
+
+func TestMailPasswordChange(t *testing.T) {
+	ms := Mail(t)
+	addr := ms.AddUser(t, "changer", "old-pw")
+	if _, err := ms.messages(addr, "old-pw", "INBOX"); err != nil {
+		t.Fatal(err)
+	}
+	ms.AddUser(t, "changer", "new-pw")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, errNew := ms.messages(addr, "new-pw", "INBOX")
+		_, errOld := ms.messages(addr, "old-pw", "INBOX")
+		if errNew == nil && errOld != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after a password change: new password err %v, old password err %v", errNew, errOld)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
