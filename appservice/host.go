@@ -43,6 +43,8 @@ type HostConfig struct {
 	Mount func(pattern string, h http.Handler)
 	// Log is the parent logger; each bridge logs with bridge_id set.
 	Log zerolog.Logger
+	// LogHook, if set, gives a hook added to each bridge's logger (the hub counts error entries with it).
+	LogHook func(bridgeID string) zerolog.Hook
 }
 
 // BridgeSpec describes one in-process bridge.
@@ -65,6 +67,12 @@ type BridgeSpec struct {
 	// "all" or "none". Note: mautrix v0.33.0 has a data race (seen with -race) in its delayed-disconnect notice,
 	// which only "errors" reaches, when a connector reports TRANSIENT_DISCONNECT.
 	StatusNotices string
+	// AllowedUsers lists who may use the bridge (bridgev2 permission level "user"): full user IDs, server names
+	// (everyone on that server) or "*". Empty means every user of the host's server name.
+	AllowedUsers []string
+	// Disabled starts the bridge switched off (see Host.SetEnabled): its database and appservice router are up,
+	// but its logins are not connected and the hub holds back its transactions.
+	Disabled bool
 }
 
 // BridgeState is the life-cycle state of one hosted bridge.
@@ -82,7 +90,9 @@ const (
 type BridgeStatus struct {
 	ID    string      `json:"id"`
 	State BridgeState `json:"state"`
-	Error string      `json:"error,omitempty"`
+	// Enabled is false while an administrator has switched the bridge off (see Host.SetEnabled).
+	Enabled bool   `json:"enabled"`
+	Error   string `json:"error,omitempty"`
 }
 
 // hosted is one bridge and its state.
@@ -95,6 +105,15 @@ type hosted struct {
 	mu    sync.Mutex
 	state BridgeState
 	err   error
+	// enabled is the administrator's switch; on is closed while enabled and replaced by an open channel when
+	// the bridge is switched off, so WaitEnabled can wait on it.
+	enabled bool
+	on      chan struct{}
+	// loginsStarted records whether bridgev2's StartLogins ran (it must run once: it also starts the backfill
+	// queue); a bridge started while disabled runs it on its first enable.
+	loginsStarted bool
+	// switchMu serialises SetEnabled calls on this bridge (disconnecting logins can take seconds).
+	switchMu sync.Mutex
 }
 
 // Host runs mautrix-go bridgev2 bridges in this process without mxmain: it builds each bridge's config in code,
@@ -129,6 +148,9 @@ func (h *Host) Add(spec BridgeSpec) error {
 		return fmt.Errorf("add bridge %s: %w", spec.ID, err)
 	}
 	log := h.cfg.Log.With().Str("bridge_id", spec.ID).Logger()
+	if h.cfg.LogHook != nil {
+		log = log.Hook(h.cfg.LogHook(spec.ID))
+	}
 	mx := matrix.NewConnector(cfg)
 	// bridgev2 would os.Exit when another instance takes over the websocket; we use no websocket, but make sure.
 	mx.OnWebsocketReplaced = func() { log.Error().Msg("Appservice websocket replaced; ignoring (websocket not in use)") }
@@ -139,7 +161,12 @@ func (h *Host) Add(spec BridgeSpec) error {
 	if h.cfg.Mount != nil {
 		h.cfg.Mount(MountPrefix+spec.ID+"/", http.StripPrefix(strings.TrimSuffix(MountPrefix+spec.ID+"/", "/"), mx.AS.Router))
 	}
-	h.bridges = append(h.bridges, &hosted{spec: spec, cfg: cfg, mx: mx, bridge: br, state: StateStopped})
+	b := &hosted{spec: spec, cfg: cfg, mx: mx, bridge: br, state: StateStopped, enabled: !spec.Disabled,
+		on: make(chan struct{})}
+	if b.enabled {
+		close(b.on)
+	}
+	h.bridges = append(h.bridges, b)
 	return nil
 }
 
@@ -168,9 +195,19 @@ func (b *hosted) start(ctx context.Context) error {
 	b.setState(StateStarting, nil)
 	ctx = b.bridge.Log.WithContext(ctx)
 	// Same order as mxmain: connectors (DB upgrade, homeserver checks), then existing logins, then post-start.
+	// A bridge switched off by an administrator starts without its logins (no network connections) until it is
+	// enabled.
 	err := b.bridge.StartConnectors(ctx)
-	if err == nil {
+	b.mu.Lock()
+	startLogins := b.enabled
+	b.mu.Unlock()
+	if err == nil && startLogins {
 		err = b.bridge.StartLogins(ctx)
+		if err == nil {
+			b.mu.Lock()
+			b.loginsStarted = true
+			b.mu.Unlock()
+		}
 	}
 	if err != nil {
 		var exitErr matrix.ExitError
@@ -213,7 +250,7 @@ func (h *Host) Status() []BridgeStatus {
 	out := make([]BridgeStatus, 0, len(h.bridges))
 	for _, b := range h.bridges {
 		b.mu.Lock()
-		st := BridgeStatus{ID: b.spec.ID, State: b.state}
+		st := BridgeStatus{ID: b.spec.ID, State: b.state, Enabled: b.enabled}
 		if b.err != nil {
 			st.Error = b.err.Error()
 		}
@@ -237,7 +274,8 @@ func (h *Host) Bridge(bridgeID string) *bridgev2.Bridge {
 
 // BridgeConfig builds the bridgev2 config of an in-process bridge: homeserver = the hub (InternalBaseURL,
 // server name), appservice id/tokens/bot from the registration with no HTTP listener of its own, permissions
-// "user" for every local user and "admin" for spec.Admins, encryption and double puppeting off, backfill on,
+// "user" for spec.AllowedUsers (default: every local user) and "admin" for spec.Admins, encryption and
+// double puppeting off, backfill on,
 // provisioning, public and direct media off. Options not set here keep bridgev2's zero value, which is its
 // "off" setting.
 func BridgeConfig(spec BridgeSpec, serverName string) (*bridgeconfig.Config, error) {
@@ -315,7 +353,16 @@ func BridgeConfig(spec BridgeSpec, serverName string) (*bridgeconfig.Config, err
 		return nil, fmt.Errorf("username template %q lacks {{.}}", cfg.AppService.UsernameTemplate)
 	}
 
-	perms := bridgeconfig.PermissionConfig{serverName: ptr(bridgeconfig.PermissionLevelUser)}
+	perms := bridgeconfig.PermissionConfig{}
+	if len(spec.AllowedUsers) == 0 {
+		perms[serverName] = ptr(bridgeconfig.PermissionLevelUser)
+	}
+	for _, u := range spec.AllowedUsers {
+		if err := ValidAllowedUser(u); err != nil {
+			return nil, err
+		}
+		perms[u] = ptr(bridgeconfig.PermissionLevelUser)
+	}
 	for _, a := range spec.Admins {
 		perms[string(a)] = ptr(bridgeconfig.PermissionLevelAdmin)
 	}
@@ -392,4 +439,162 @@ func LoadOrCreateRegistration(dataDir, bridgeID, botLocalpart, usernameTemplate,
 		}
 	}
 	return reg, nil
+}
+
+// ValidAllowedUser checks one entry of BridgeSpec.AllowedUsers: "*", a user ID (@local:server) or a server name.
+// bridgev2 permissions match exactly these three forms; anything else (e.g. a glob) would silently match nobody.
+func ValidAllowedUser(entry string) error {
+	switch {
+	case entry == "*":
+		return nil
+	case strings.HasPrefix(entry, "@"):
+		if _, _, err := id.UserID(entry).ParseAndValidateRelaxed(); err != nil {
+			return fmt.Errorf("allowed user %q: %w", entry, err)
+		}
+		return nil
+	case entry == "" || strings.ContainsAny(entry, "@*?/ \t"):
+		return fmt.Errorf("allowed user %q: want \"*\", a user ID (@alice:example.org) or a server name", entry)
+	}
+	return nil
+}
+
+func (h *Host) find(bridgeID string) *hosted {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, b := range h.bridges {
+		if b.spec.ID == bridgeID {
+			return b
+		}
+	}
+	return nil
+}
+
+// ErrUnknownBridge is returned by SetEnabled, WaitEnabled and Counts for a bridge ID the host does not have.
+var ErrUnknownBridge = errors.New("unknown bridge")
+
+// SetEnabled switches a bridge on or off at runtime, without a restart and without losing anything:
+//   - off: every login's network client is disconnected (no remote events come in). The bridge's database and
+//     appservice router stay up; the caller (the hub) holds back the bridge's transactions with WaitEnabled,
+//     so Matrix events stay queued in the appservice stream.
+//   - on: the logins connect again (or start for the first time if the bridge started disabled), then
+//     WaitEnabled waiters are released and the queued transactions flow again.
+//
+// It blocks while clients disconnect (bounded by the clients' own timeouts). Switching to the current state
+// does nothing. The switch is not persisted here: the hub stores it and passes BridgeSpec.Disabled on start.
+// Reconnecting relies on the connector's NetworkAPI supporting Connect after Disconnect (the email bridge does).
+func (h *Host) SetEnabled(ctx context.Context, bridgeID string, enabled bool) error {
+	b := h.find(bridgeID)
+	if b == nil {
+		return fmt.Errorf("%w %q", ErrUnknownBridge, bridgeID)
+	}
+	b.switchMu.Lock()
+	defer b.switchMu.Unlock()
+	b.mu.Lock()
+	if b.enabled == enabled {
+		b.mu.Unlock()
+		return nil
+	}
+	running := b.state == StateRunning
+	if !enabled {
+		b.enabled = false
+		b.on = make(chan struct{})
+		started := b.loginsStarted
+		b.mu.Unlock()
+		if running && started {
+			for _, login := range b.bridge.GetAllCachedUserLogins() {
+				login.Client.Disconnect()
+			}
+		}
+		b.bridge.Log.Info().Msg("Bridge disabled by an administrator")
+		return nil
+	}
+	started := b.loginsStarted
+	b.mu.Unlock()
+	if running {
+		bctx := b.bridge.Log.WithContext(b.bridge.BackgroundCtx)
+		if started {
+			for _, login := range b.bridge.GetAllCachedUserLogins() {
+				login.Client.Connect(login.Log.WithContext(bctx))
+			}
+		} else {
+			if err := b.bridge.StartLogins(bctx); err != nil {
+				return fmt.Errorf("enable bridge %s: start logins: %w", bridgeID, err)
+			}
+			b.mu.Lock()
+			b.loginsStarted = true
+			b.mu.Unlock()
+		}
+	}
+	b.mu.Lock()
+	b.enabled = true
+	close(b.on)
+	b.mu.Unlock()
+	b.bridge.Log.Info().Msg("Bridge enabled by an administrator")
+	return nil
+}
+
+// Enabled reports whether the bridge is switched on; ok is false for an unknown bridge ID.
+func (h *Host) Enabled(bridgeID string) (enabled, ok bool) {
+	b := h.find(bridgeID)
+	if b == nil {
+		return false, false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.enabled, true
+}
+
+// WaitEnabled returns nil at once when the bridge is enabled (or unknown to the host), else blocks until an
+// administrator enables it or ctx ends (then ctx's error).
+func (h *Host) WaitEnabled(ctx context.Context, bridgeID string) error {
+	b := h.find(bridgeID)
+	if b == nil {
+		return nil
+	}
+	b.mu.Lock()
+	on := b.on
+	b.mu.Unlock()
+	select {
+	case <-on:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Counts returns how many logins and how many portal rooms (portals with a Matrix room) the bridge has, read
+// from its database.
+func (h *Host) Counts(ctx context.Context, bridgeID string) (logins, portals int, err error) {
+	b := h.find(bridgeID)
+	if b == nil {
+		return 0, 0, fmt.Errorf("%w %q", ErrUnknownBridge, bridgeID)
+	}
+	db := b.bridge.DB.Database
+	if err := db.QueryRow(ctx, `SELECT COUNT(*) FROM user_login WHERE bridge_id = $1`, bridgeID).Scan(&logins); err != nil {
+		return 0, 0, fmt.Errorf("count logins of bridge %s: %w", bridgeID, err)
+	}
+	if err := db.QueryRow(ctx, `SELECT COUNT(*) FROM portal WHERE bridge_id = $1 AND mxid IS NOT NULL`, bridgeID).
+		Scan(&portals); err != nil {
+		return 0, 0, fmt.Errorf("count portals of bridge %s: %w", bridgeID, err)
+	}
+	return logins, portals, nil
+}
+
+// IDs returns the IDs of the added bridges in the order they were added.
+func (h *Host) IDs() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]string, 0, len(h.bridges))
+	for _, b := range h.bridges {
+		out = append(out, b.spec.ID)
+	}
+	return out
+}
+
+// RegistrationOf returns the registration of the bridge with the given ID, or nil.
+func (h *Host) RegistrationOf(bridgeID string) *registration.Registration {
+	if b := h.find(bridgeID); b != nil {
+		return b.spec.Registration
+	}
+	return nil
 }

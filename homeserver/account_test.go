@@ -180,3 +180,51 @@ func TestDevices(t *testing.T) {
 		}
 	})
 }
+
+func TestChangePasswordAndDeactivate(t *testing.T) {
+	forEachDB(t, func(t *testing.T, e *env) {
+		alice, bob := e.user("alice"), e.user("bob")
+		other := e.client()
+		if _, err := other.Login(ctx(t), &mautrix.ReqLogin{Type: mautrix.AuthTypePassword, StoreCredentials: true,
+			Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: "alice"}, Password: "pw-alice"}); err != nil {
+			t.Fatal(err)
+		}
+		status, body := e.do("POST", "/_matrix/client/v3/account/password", alice.AccessToken, `{"new_password":"n3w"}`)
+		if status != 401 || body["flows"] == nil {
+			t.Fatalf("password change without auth: %d %v", status, body)
+		}
+		status, body = e.do("POST", "/_matrix/client/v3/account/password", alice.AccessToken,
+			`{"new_password":"n3w","auth":{"type":"m.login.password","password":"pw-alice"}}`)
+		if status != 200 {
+			t.Fatalf("password change: %d %v", status, body)
+		}
+		if _, err := alice.Whoami(ctx(t)); err != nil {
+			t.Fatalf("the changing device was logged out: %v", err)
+		}
+		_, err := other.Whoami(ctx(t))
+		wantErr(t, err, "M_UNKNOWN_TOKEN")
+		_, err = e.client().Login(ctx(t), &mautrix.ReqLogin{Type: mautrix.AuthTypePassword,
+			Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: "alice"}, Password: "pw-alice"})
+		wantErr(t, err, "M_FORBIDDEN")
+
+		// Deactivation leaves rooms and ends every session.
+		room, err := bob.CreateRoom(ctx(t), &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := alice.JoinRoomByID(ctx(t), room.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		status, body = e.do("POST", "/_matrix/client/v3/account/deactivate", alice.AccessToken,
+			`{"auth":{"type":"m.login.password","password":"n3w"}}`)
+		if status != 200 {
+			t.Fatalf("deactivate: %d %v", status, body)
+		}
+		members, err := bob.JoinedMembers(ctx(t), room.RoomID)
+		if err != nil || len(members.Joined) != 1 {
+			t.Fatalf("deactivated user still in the room: %+v %v", members, err)
+		}
+		_, err = alice.Whoami(ctx(t))
+		wantErr(t, err, "M_UNKNOWN_TOKEN")
+	})
+}

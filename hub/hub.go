@@ -51,6 +51,16 @@ type Hub struct {
 	mu       sync.Mutex
 	listener net.Listener
 	ready    chan struct{}
+
+	// Bridge switches, metrics and the "switched off" notices (admin*.go, metrics.go).
+	switches *switchStore
+	metrics  *metrics
+	senderTr *senderTransport
+	noticer  *noticer
+	// runMu guards runCtx (Serve's context, used to restart the sender) and stopping.
+	runMu    sync.Mutex
+	runCtx   context.Context
+	stopping bool
 }
 
 // New builds everything without starting it: registrations of the in-process bridges (generated once under
@@ -92,23 +102,42 @@ func New(ctx context.Context, cfg *configs.Config, log zerolog.Logger) (*Hub, er
 	h.hs = hs
 	h.transport.SetHandler(hs.Handler())
 
-	h.sender, err = appservice.NewSender(ctx, hs.DB(), hs.Rooms(), regs, h.transport.Client(), cfg.Appservices,
+	h.switches, err = newSwitchStore(ctx, hs.DB(), log)
+	if err != nil {
+		hs.Close()
+		return nil, err
+	}
+	disabled, err := h.switches.disabled(ctx)
+	if err != nil {
+		hs.Close()
+		return nil, err
+	}
+	h.metrics = newMetrics(h)
+	// The sender's transport holds back transactions for switched-off bridges and measures the others.
+	h.senderTr = &senderTransport{h: h, next: h.transport}
+	senderClient := &http.Client{Transport: h.senderTr}
+	h.sender, err = appservice.NewSender(ctx, hs.DB(), hs.Rooms(), regs, senderClient, cfg.Appservices,
 		log.With().Str("component", "appservice_sender").Logger())
 	if err != nil {
 		hs.Close()
 		return nil, err
 	}
-	h.mountAdmin()
 	h.host = appservice.NewHost(appservice.HostConfig{
 		ServerName: cfg.Server.ServerName,
 		Transport:  h.transport,
 		Mount:      hs.Handle,
 		Log:        log.With().Str("component", "bridge").Logger(),
+		LogHook:    h.metrics.errorHook,
 	})
+	h.mountAdmin()
+	h.noticer = newNoticer(h)
+	hs.Rooms().Subscribe(h.noticer.observe)
+	hs.Rooms().Subscribe(h.countRemote)
 	if emailCfg.Enabled {
 		conn := email.NewConnector(emailCfg)
 		conn.SetDataDir(cfg.Server.DataDir)
-		if err := h.addBridge(ctx, EmailBridgeID, conn, emailReg, emailCfg.UsernameTemplate); err != nil {
+		if err := h.addBridge(ctx, EmailBridgeID, conn, emailReg, emailCfg.UsernameTemplate,
+			emailAllowedUsers(emailCfg), disabled[EmailBridgeID]); err != nil {
 			hs.Close()
 			return nil, err
 		}
@@ -118,7 +147,7 @@ func New(ctx context.Context, cfg *configs.Config, log zerolog.Logger) (*Hub, er
 
 // addBridge opens the bridge's own database and hands it to the host.
 func (h *Hub) addBridge(ctx context.Context, bridgeID string, conn bridgev2.NetworkConnector,
-	reg *registration.Registration, usernameTemplate string) error {
+	reg *registration.Registration, usernameTemplate string, allowed []string, disabled bool) error {
 	db, err := storage.Open(ctx, h.cfg.Database, h.cfg.Server.DataDir, "bridge-"+bridgeID, h.log)
 	if err != nil {
 		return fmt.Errorf("bridge %s: %w", bridgeID, err)
@@ -129,6 +158,8 @@ func (h *Hub) addBridge(ctx context.Context, bridgeID string, conn bridgev2.Netw
 		DB:               db,
 		Registration:     reg,
 		UsernameTemplate: usernameTemplate,
+		AllowedUsers:     allowed,
+		Disabled:         disabled,
 	})
 	if err != nil {
 		_ = db.Close()
@@ -195,6 +226,10 @@ func (h *Hub) Serve(ctx context.Context, ln net.Listener) error {
 	go func() { serveErr <- srv.Serve(ln) }()
 	h.log.Info().Str("address", ln.Addr().String()).Str("server_name", h.cfg.Server.ServerName).Msg("Homeserver listening")
 
+	h.runMu.Lock()
+	h.runCtx = ctx
+	h.runMu.Unlock()
+	go h.noticer.run(ctx)
 	if err := h.sender.Start(ctx); err != nil {
 		_ = srv.Close()
 		h.host.Stop()
@@ -215,7 +250,10 @@ func (h *Hub) Serve(ctx context.Context, ln net.Listener) error {
 	// Stop pushing first so no transaction is handed to a bridge that is shutting down (an unsent one stays
 	// persisted for the next start); bridges then disconnect while they can still reach the homeserver
 	// in-process; the listener goes last.
+	h.runMu.Lock()
+	h.stopping = true
 	h.sender.Stop()
+	h.runMu.Unlock()
 	h.host.Stop()
 	shCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 	defer cancel()

@@ -87,6 +87,8 @@ func (a *API) Register(mux *http.ServeMux) {
 		c("POST", "/logout/all", a.authed(a.logoutAll))
 		c("GET", "/account/whoami", a.authed(a.whoami))
 		c("GET", "/devices", a.authed(a.devices))
+		c("POST", "/account/password", a.authed(a.changePassword))
+		c("POST", "/account/deactivate", a.authed(a.deactivate))
 		// No third-party identifiers or protocols exist here; clients ask at start-up and get the empty truth.
 		c("GET", "/account/3pid", a.authed(func(w http.ResponseWriter, r *http.Request, _ *Auth) {
 			RespondJSON(w, http.StatusOK, map[string]any{"threepids": []any{}})
@@ -290,7 +292,7 @@ var supportedRoomVersions = map[string]string{"10": "stable", "11": "stable"}
 func (a *API) capabilities(w http.ResponseWriter, r *http.Request, _ *Auth) {
 	RespondJSON(w, http.StatusOK, map[string]any{"capabilities": map[string]any{
 		"m.room_versions":   map[string]any{"default": "10", "available": supportedRoomVersions},
-		"m.change_password": map[string]bool{"enabled": false},
+		"m.change_password": map[string]bool{"enabled": true},
 		"m.set_displayname": map[string]bool{"enabled": true},
 		"m.set_avatar_url":  map[string]bool{"enabled": true},
 		"m.3pid_changes":    map[string]bool{"enabled": false},

@@ -252,6 +252,11 @@ func (s *Service) UploadSignatures(ctx context.Context, signer id.UserID, req ma
 				fail(target, kid, mxerr.As(err))
 				continue
 			}
+			if target != signer && (targetCS[keyMaster] == nil || firstKey(targetCS[keyMaster]) != kid) {
+				// Other users' keys are signed only through their master key (with the user-signing key).
+				fail(target, kid, mxerr.InvalidParam("only another user's master key can be signed"))
+				continue
+			}
 			stored, ok, err := s.storedKey(ctx, target, kid, targetCS)
 			if err != nil {
 				return nil, err

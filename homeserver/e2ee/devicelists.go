@@ -30,26 +30,24 @@ type SyncData struct {
 // Sync returns what changed for user's device between the e2ee positions since and upTo (since 0 on an initial
 // sync). Syncing with since acknowledges every to-device message up to since, which is then deleted.
 func (s *Service) Sync(ctx context.Context, user id.UserID, device id.DeviceID, since, upTo int64, initial bool) (*SyncData, error) {
-	return s.sync(ctx, user, device, since, upTo, initial, MaxToDevicePerSync)
-}
-
-// sync is Sync with a bound on the to-device messages returned (0 = no bound).
-func (s *Service) sync(ctx context.Context, user id.UserID, device id.DeviceID, since, upTo int64, initial bool, maxToDevice int) (*SyncData, error) {
 	d := &SyncData{ToDevice: []json.RawMessage{}, Changed: []id.UserID{}, Left: []id.UserID{}, UnusedFallbackKeyTypes: []string{}, Pos: upTo}
 	if initial {
 		since = 0
 	}
+	ack, fromMsg := since > 0, since
 	if since > upTo {
-		since = upTo // a token from the future (a restored database): deliver from here on
+		// A token from the future (a database restored from a backup): the client cannot have seen what is
+		// pending now, so acknowledge nothing, deliver every pending message, and report device changes from here on.
+		since, ack, fromMsg = upTo, false, 0
 	}
 	var err error
 	if device != "" {
-		if since > 0 {
+		if ack {
 			if err = s.ackToDevice(ctx, user, device, since); err != nil {
 				return nil, err
 			}
 		}
-		if d.ToDevice, d.Pos, err = s.toDevice(ctx, user, device, since, upTo, maxToDevice); err != nil {
+		if d.ToDevice, d.Pos, err = s.toDevice(ctx, user, device, fromMsg, upTo, MaxToDevicePerSync); err != nil {
 			return nil, err
 		}
 		if d.OneTimeKeyCounts, err = s.OneTimeKeyCounts(ctx, user, device); err != nil {

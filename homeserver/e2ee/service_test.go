@@ -581,6 +581,15 @@ func TestCrossSigning(t *testing.T) {
 		if err != nil || len(fails) != 0 {
 			t.Fatalf("bob's signature on alice's master key: %v %v", fails, err)
 		}
+		// Signing another user's device directly is refused.
+		var plainDev map[string]any
+		_ = json.Unmarshal(raw(t, dk), &plainDev)
+		fails, _ = f.svc.UploadSignatures(ctx, bob, map[id.UserID]map[string]json.RawMessage{
+			alice: {"ADEV": raw(t, bobUSK.sign(t, plainDev, bob, "ed25519:"+bobUSK.pub))},
+		})
+		if fails[alice]["ADEV"] == nil {
+			t.Fatalf("bob's signature on alice's device accepted")
+		}
 		res, _ = f.svc.Query(ctx, bob, map[id.UserID][]id.DeviceID{alice: nil})
 		if res.MasterKeys[alice]["signatures"].(map[string]any)[string(bob)] == nil {
 			t.Fatalf("bob does not see his signature: %v", res.MasterKeys[alice])
@@ -658,5 +667,23 @@ func TestDeviceListsOnMembership(t *testing.T) {
 		}
 		check(alice, last, []id.UserID{}, []id.UserID{carol})
 		check(carol, last, []id.UserID{}, []id.UserID{alice, bob})
+	})
+}
+
+func TestToDeviceTokenFromTheFuture(t *testing.T) {
+	dbtest.Run(t, func(t *testing.T, db *dbutil.Database) {
+		f := newFixture(t, db)
+		ctx := t.Context()
+		alice := f.user("alice", "ADEV")
+		err := f.svc.SendToDevice(ctx, e2ee.ToDeviceRequest{Sender: alice, SenderDevice: "ADEV", TxnID: "1", Type: "m.t",
+			Messages: map[id.UserID]map[id.DeviceID]json.RawMessage{alice: {"ADEV": json.RawMessage(`{}`)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A client presents a position the server never reached (e.g. after a database restore).
+		d, err := f.svc.Sync(ctx, alice, "ADEV", f.svc.Pos()+50, f.svc.Pos(), false)
+		if err != nil || len(d.ToDevice) != 1 || d.Pos != f.svc.Pos() {
+			t.Fatalf("pending message must still be delivered: %+v %v", d, err)
+		}
 	})
 }

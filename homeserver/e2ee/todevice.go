@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math"
 	"slices"
 	"time"
 
@@ -108,11 +107,8 @@ func (s *Service) SendToDevice(ctx context.Context, req ToDeviceRequest) error {
 }
 
 // toDevice returns device's queued messages with a position in (since, upTo], oldest first, at most
-// limit (0 = all), and the position of the last one returned (upTo when all fit).
+// limit, and the position of the last one returned (upTo when all fit).
 func (s *Service) toDevice(ctx context.Context, user id.UserID, device id.DeviceID, since, upTo int64, limit int) ([]json.RawMessage, int64, error) {
-	if limit <= 0 {
-		limit = math.MaxInt32
-	}
 	rows, err := s.db.Query(ctx, `SELECT pos, sender, event_type, content FROM e2ee_to_device
 		WHERE user_id=$1 AND device_id=$2 AND pos>$3 AND pos<=$4 ORDER BY pos LIMIT $5`,
 		user, device, since, upTo, limit+1)
