@@ -448,6 +448,9 @@ func ValidAllowedUser(entry string) error {
 	case entry == "*":
 		return nil
 	case strings.HasPrefix(entry, "@"):
+		if strings.ContainsAny(entry, "*?") {
+			return fmt.Errorf("allowed user %q: globs are not supported; list user IDs or server names", entry)
+		}
 		if _, _, err := id.UserID(entry).ParseAndValidateRelaxed(); err != nil {
 			return fmt.Errorf("allowed user %q: %w", entry, err)
 		}

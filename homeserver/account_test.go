@@ -178,6 +178,32 @@ func TestDevices(t *testing.T) {
 		if status != 404 {
 			t.Fatalf("deleted device still there: %d", status)
 		}
+		// Several at once: a second and a third session go, unknown IDs are skipped.
+		var others []*mautrix.Client
+		for _, dev := range []id.DeviceID{"TABLET", "LAPTOP"} {
+			c := e.client()
+			if _, err := c.Login(ctx(t), &mautrix.ReqLogin{Type: mautrix.AuthTypePassword, DeviceID: dev, StoreCredentials: true,
+				Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: "alice"}, Password: "pw-alice"}); err != nil {
+				t.Fatal(err)
+			}
+			others = append(others, c)
+		}
+		status, body = e.do("POST", "/_matrix/client/v3/delete_devices", alice.AccessToken, `{"devices":["TABLET","LAPTOP","GHOST"]}`)
+		if status != 401 {
+			t.Fatalf("delete_devices without auth: %d %v", status, body)
+		}
+		status, body = e.do("POST", "/_matrix/client/v3/delete_devices", alice.AccessToken,
+			`{"devices":["TABLET","LAPTOP","GHOST"],"auth":{"type":"m.login.password","password":"pw-alice"}}`)
+		if status != 200 {
+			t.Fatalf("delete_devices: %d %v", status, body)
+		}
+		for _, c := range others {
+			_, err := c.Whoami(ctx(t))
+			wantErr(t, err, "M_UNKNOWN_TOKEN")
+		}
+		if _, err := alice.Whoami(ctx(t)); err != nil {
+			t.Fatalf("the requesting session was logged out: %v", err)
+		}
 	})
 }
 

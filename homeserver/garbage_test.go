@@ -47,7 +47,7 @@ func garbageTargets(room, user string) []garbageTarget {
 		{"POST", "/_matrix/client/v3/publicRooms"}, {"POST", "/_synapse/admin/v1/register"}, {"POST", "/_matrix/media/v3/upload"},
 		{"POST", "/_matrix/client/v1/appservice/x/ping"}, {"PUT", "/_matrix/client/v3/presence/" + user + "/status"},
 		{"POST", "/_matrix/client/v3/user_directory/search"}, {"DELETE", "/_matrix/client/v3/devices/NOPE"},
-		{"PUT", "/_matrix/client/v3/devices/NOPE"}, {"POST", "/_matrix/client/v3/account/password"},
+		{"PUT", "/_matrix/client/v3/devices/NOPE"}, {"POST", "/_matrix/client/v3/account/password"}, {"POST", "/_matrix/client/v3/delete_devices"},
 		{"POST", "/_matrix/client/v3/account/deactivate"}, {"PUT", "/_matrix/client/v3/pushrules/global/override/u.x"},
 		{"PUT", "/_matrix/client/v3/pushrules/global/room/" + room}, {"PUT", "/_matrix/client/v3/pushrules/global/override/.m.rule.master/enabled"}, {"PUT", "/_matrix/client/v3/user/" + user + "/rooms/" + room + "/tags/u.x"},
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
 
@@ -58,8 +59,14 @@ func (d *deliveries) positions(want []id.EventID) [][]int {
 // startRecordingHub is startHub with the sender's delivered transactions recorded in d.
 func startRecordingHub(t *testing.T, cfg *configs.Config, d *deliveries) *runningHub {
 	t.Helper()
+	return startHubWithLog(t, cfg, d, testLogger(t))
+}
+
+// startHubWithLog is startRecordingHub with the given logger.
+func startHubWithLog(t *testing.T, cfg *configs.Config, d *deliveries, log zerolog.Logger) *runningHub {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	h, err := New(ctx, cfg, testLogger(t))
+	h, err := New(ctx, cfg, log)
 	if err != nil {
 		cancel()
 		t.Fatalf("hub.New: %v", err)

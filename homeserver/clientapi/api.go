@@ -87,6 +87,7 @@ func (a *API) Register(mux *http.ServeMux) {
 		c("POST", "/logout/all", a.authed(a.logoutAll))
 		c("GET", "/account/whoami", a.authed(a.whoami))
 		c("GET", "/devices", a.authed(a.devices))
+		c("POST", "/delete_devices", a.authed(a.deleteDevices))
 		c("POST", "/account/password", a.authed(a.changePassword))
 		c("POST", "/account/deactivate", a.authed(a.deactivate))
 		// No third-party identifiers or protocols exist here; clients ask at start-up and get the empty truth.

@@ -85,3 +85,35 @@ func (a *API) deleteDevice(w http.ResponseWriter, r *http.Request, au *Auth) {
 	a.dropDeviceKeys(ctx, au.User, dev)
 	RespondJSON(w, http.StatusOK, struct{}{})
 }
+
+// deleteDevices removes several devices at once (Element's "sign out of other sessions"), behind the same
+// password check as deleteDevice. Unknown device IDs are skipped, as the spec allows.
+func (a *API) deleteDevices(w http.ResponseWriter, r *http.Request, au *Auth) {
+	var req struct {
+		Devices []id.DeviceID `json:"devices"`
+		Auth    *uiaPassword  `json:"auth"`
+	}
+	if err := ReadJSON(r, &req); err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	if req.Devices == nil {
+		RespondError(w, r, mxerr.MissingParam("devices is required"))
+		return
+	}
+	if au.AS == nil && !a.checkUIAPassword(w, r, au.User, req.Auth) {
+		return
+	}
+	ctx := r.Context()
+	for _, dev := range req.Devices {
+		if err := a.users.DeleteDevice(ctx, au.User, dev); err != nil {
+			if e := mxerr.As(err); e != nil && e.Code == "M_NOT_FOUND" {
+				continue
+			}
+			RespondError(w, r, err)
+			return
+		}
+		a.dropDeviceKeys(ctx, au.User, dev)
+	}
+	RespondJSON(w, http.StatusOK, struct{}{})
+}
