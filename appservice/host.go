@@ -10,7 +10,9 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unicode"
 
 	"github.com/rs/zerolog"
 	"go.mau.fi/util/dbutil"
@@ -123,6 +125,8 @@ type Host struct {
 	cfg     HostConfig
 	mu      sync.Mutex
 	bridges []*hosted
+	// disabled counts switched-off bridges, so AnyDisabled is cheap enough for a per-event check.
+	disabled atomic.Int32
 }
 
 // NewHost returns an empty host.
@@ -165,6 +169,8 @@ func (h *Host) Add(spec BridgeSpec) error {
 		on: make(chan struct{})}
 	if b.enabled {
 		close(b.on)
+	} else {
+		h.disabled.Add(1)
 	}
 	h.bridges = append(h.bridges, b)
 	return nil
@@ -447,6 +453,8 @@ func ValidAllowedUser(entry string) error {
 	switch {
 	case entry == "*":
 		return nil
+	case strings.IndexFunc(entry, func(r rune) bool { return r <= ' ' || r == 0x7f || unicode.IsSpace(r) }) >= 0:
+		return fmt.Errorf("allowed user %q: contains spaces or control characters", entry)
 	case strings.HasPrefix(entry, "@"):
 		if strings.ContainsAny(entry, "*?") {
 			return fmt.Errorf("allowed user %q: globs are not supported; list user IDs or server names", entry)
@@ -455,10 +463,41 @@ func ValidAllowedUser(entry string) error {
 			return fmt.Errorf("allowed user %q: %w", entry, err)
 		}
 		return nil
-	case entry == "" || strings.ContainsAny(entry, "@*?/ \t"):
+	case !validServerName(entry):
 		return fmt.Errorf("allowed user %q: want \"*\", a user ID (@alice:example.org) or a server name", entry)
 	}
 	return nil
+}
+
+// validServerName checks the spec's server name grammar: a DNS name or IPv4 address ([A-Za-z0-9.-]), or an IPv6
+// literal in brackets, with an optional :port.
+func validServerName(s string) bool {
+	host, port := s, ""
+	if strings.HasPrefix(s, "[") {
+		end := strings.IndexByte(s, ']')
+		if end < 0 {
+			return false
+		}
+		host, port = s[1:end], s[end+1:]
+		if host == "" || strings.Trim(host, "0123456789abcdefABCDEF:.") != "" {
+			return false
+		}
+	} else {
+		if i := strings.LastIndexByte(s, ':'); i >= 0 {
+			host, port = s[:i], s[i:]
+		}
+		if host == "" || len(host) > 255 ||
+			strings.Trim(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") != "" {
+			return false
+		}
+	}
+	if port != "" {
+		digits := strings.TrimPrefix(port, ":")
+		if digits == port || digits == "" || len(digits) > 5 || strings.Trim(digits, "0123456789") != "" {
+			return false
+		}
+	}
+	return true
 }
 
 func (h *Host) find(bridgeID string) *hosted {
@@ -501,6 +540,7 @@ func (h *Host) SetEnabled(ctx context.Context, bridgeID string, enabled bool) er
 	if !enabled {
 		b.enabled = false
 		b.on = make(chan struct{})
+		h.disabled.Add(1)
 		started := b.loginsStarted
 		b.mu.Unlock()
 		if running && started {
@@ -531,10 +571,14 @@ func (h *Host) SetEnabled(ctx context.Context, bridgeID string, enabled bool) er
 	b.mu.Lock()
 	b.enabled = true
 	close(b.on)
+	h.disabled.Add(-1)
 	b.mu.Unlock()
 	b.bridge.Log.Info().Msg("Bridge enabled by an administrator")
 	return nil
 }
+
+// AnyDisabled reports whether some bridge is switched off (no locks: cheap enough to ask for every event).
+func (h *Host) AnyDisabled() bool { return h.disabled.Load() > 0 }
 
 // Enabled reports whether the bridge is switched on; ok is false for an unknown bridge ID.
 func (h *Host) Enabled(bridgeID string) (enabled, ok bool) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -80,6 +81,9 @@ func TestHostSwitch(t *testing.T) {
 	if on, ok := host.Enabled("b"); on || !ok {
 		t.Errorf("b (added disabled): enabled %v known %v", on, ok)
 	}
+	if !host.AnyDisabled() {
+		t.Error("AnyDisabled false with b switched off")
+	}
 	if _, ok := host.Enabled("zzz"); ok {
 		t.Error("unknown bridge reported as known")
 	}
@@ -129,4 +133,41 @@ func TestHostSwitch(t *testing.T) {
 			t.Errorf("status %+v, want enabled", st)
 		}
 	}
+	if host.AnyDisabled() {
+		t.Error("AnyDisabled true with every bridge on")
+	}
+}
+
+// FuzzValidAllowedUser: whatever ValidAllowedUser accepts, BridgeConfig accepts and bridgev2 can match: "*",
+// a user ID without glob characters, or a bare server name without '@', globs, slashes or spaces.
+func FuzzValidAllowedUser(f *testing.F) {
+	for _, s := range []string{"*", "@alice:example.org", "example.org", "@*:hs", "*.hs", "", "a b", "@a:b:c",
+		"@\x00:hs", "hs:8448", "@alice:[::1]:8448"} {
+		f.Add(s)
+	}
+	reg := registration.Generate("fake", InternalBaseURL+MountPrefix+"fake", "fakebot", `@fake_.+:hs`)
+	f.Fuzz(func(t *testing.T, entry string) {
+		err := ValidAllowedUser(entry)
+		if err != nil {
+			return
+		}
+		if entry != "*" && strings.ContainsAny(entry, "*? \t/\\") {
+			t.Fatalf("accepted %q with a glob, space or slash", entry)
+		}
+		if entry != "*" && !strings.HasPrefix(entry, "@") && strings.Contains(entry, "@") {
+			t.Fatalf("accepted %q: neither a user ID nor a server name", entry)
+		}
+		cfg, err := BridgeConfig(BridgeSpec{ID: "fake", Connector: &fakeNetwork{}, Registration: reg,
+			UsernameTemplate: "fake_{{.}}", AllowedUsers: []string{entry}}, "hs")
+		if err != nil {
+			t.Fatalf("ValidAllowedUser accepted %q but BridgeConfig refused it: %v", entry, err)
+		}
+		if _, ok := cfg.Bridge.Permissions[entry]; !ok {
+			t.Fatalf("%q missing from the permissions", entry)
+		}
+		if entry != "*" && cfg.Bridge.Permissions.Get("@someone:hs") == bridgeconfig.PermissionLevelUser &&
+			entry != "hs" && entry != "@someone:hs" {
+			t.Fatalf("allowing %q lets every local user in", entry)
+		}
+	})
 }

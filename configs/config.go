@@ -80,6 +80,9 @@ type EmailBridge struct {
 	MaxAttachmentBytes int64 `yaml:"max_attachment_bytes"`
 	// AllowInsecure permits plaintext IMAP/SMTP connections without TLS (default false; tests and local servers set it).
 	AllowInsecure bool `yaml:"allow_insecure"`
+	// AllowedUsers lists who may use the bridge: Matrix user IDs (@alice:example.org), server names
+	// (example.org = everyone there) or "*"; empty means every user of server_name (default: empty).
+	AllowedUsers []string `yaml:"allowed_users"`
 }
 
 // Logging configures zerolog output.
@@ -109,6 +112,7 @@ func Default() *Config {
 			UsernameTemplate:   "email_{{.}}",
 			IdleTimeout:        5 * time.Minute,
 			MaxAttachmentBytes: 25 << 20,
+			AllowedUsers:       []string{},
 		}},
 		Logging: Logging{Level: "info", Pretty: true},
 	}

@@ -245,6 +245,12 @@ func TestValidateCases(t *testing.T) {
 		{"template upper case", func(c *Config) { c.Bridges.Email.UsernameTemplate = "Mail_{{.}}" }, "bridges.email.username_template"},
 		{"idle timeout too long", func(c *Config) { c.Bridges.Email.IdleTimeout = time.Hour }, "bridges.email.idle_timeout"},
 		{"debug logging", func(c *Config) { c.Logging.Level = "debug" }, ""},
+		{"allowed users", func(c *Config) {
+			c.Bridges.Email.AllowedUsers = []string{"@alice:example.org", "example.org", "*", "localhost:8448"}
+		}, ""},
+		{"allowed users glob", func(c *Config) { c.Bridges.Email.AllowedUsers = []string{"@.*:example.org"} }, "bridges.email.allowed_users"},
+		{"allowed users junk", func(c *Config) { c.Bridges.Email.AllowedUsers = []string{"alice smith"} }, "bridges.email.allowed_users"},
+		{"allowed users bad ID", func(c *Config) { c.Bridges.Email.AllowedUsers = []string{"@alice"} }, "bridges.email.allowed_users"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

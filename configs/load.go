@@ -224,6 +224,11 @@ func (c *Config) Validate() error {
 	if e.MaxAttachmentBytes < 1 {
 		bad("bridges.email.max_attachment_bytes", "must be positive, got %d", e.MaxAttachmentBytes)
 	}
+	for _, u := range e.AllowedUsers {
+		if msg := checkAllowedUser(u); msg != "" {
+			bad("bridges.email.allowed_users", "%q: %s", u, msg)
+		}
+	}
 
 	// logging
 	if !logLevels[c.Logging.Level] {
@@ -234,4 +239,24 @@ func (c *Config) Validate() error {
 		return nil
 	}
 	return &ValidationError{Problems: ps}
+}
+
+// checkAllowedUser checks one allowed_users entry: "*", a user ID or a server name, as bridgev2 permissions
+// match them. Anything else (a glob, say) would silently match nobody, so it is refused. It returns "" if valid.
+func checkAllowedUser(entry string) string {
+	switch {
+	case entry == "*":
+		return ""
+	case strings.ContainsAny(entry, "*?"):
+		return "globs are not supported; list user IDs, server names or \"*\""
+	case strings.HasPrefix(entry, "@"):
+		local, server, ok := strings.Cut(entry[1:], ":")
+		if !ok || local == "" || !serverNameRE.MatchString(server) {
+			return "not a user ID like @alice:example.org"
+		}
+		return ""
+	case !serverNameRE.MatchString(entry):
+		return "want \"*\", a user ID (@alice:example.org) or a server name (example.org)"
+	}
+	return ""
 }

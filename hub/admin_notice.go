@@ -130,11 +130,4 @@ func (h *Hub) countRemote(ev *rooms.Event) {
 }
 
 // anyDisabled reports whether some bridge is switched off (a cheap check for every event).
-func (h *Hub) anyDisabled() bool {
-	for _, st := range h.host.Status() {
-		if !st.Enabled {
-			return true
-		}
-	}
-	return false
-}
+func (h *Hub) anyDisabled() bool { return h.host.AnyDisabled() }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/passerelle/passerelle/configs"
@@ -256,5 +257,35 @@ func testBridgeSwitch(t *testing.T, cfg *configs.Config) {
 	}
 	if strings.Contains(st.LastError, "switched off") && st.Failures > 0 {
 		t.Errorf("failures still reported after enabling: %+v", st)
+	}
+}
+
+// TestAllowedUsers: bridges.email.allowed_users is enforced by bridgev2: a listed user gets the bot, another
+// local user's invite is refused.
+func TestAllowedUsers(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Bridges.Email.AllowedUsers = []string{"@bob:" + cfg.Server.ServerName}
+	rh := startHub(t, cfg)
+	ctx := t.Context()
+	bot := id.NewUserID(cfg.Bridges.Email.BotLocalpart, cfg.Server.ServerName)
+	botMember := func(roomID id.RoomID, membership event.Membership) func(id.RoomID, *event.Event) bool {
+		return func(r id.RoomID, e *event.Event) bool {
+			return r == roomID && e.Type == event.StateMember && e.GetStateKey() == bot.String() &&
+				e.Content.AsMember().Membership == membership
+		}
+	}
+	for _, tc := range []struct {
+		user string
+		want event.Membership
+	}{{"bob", event.MembershipJoin}, {"alice", event.MembershipLeave}} {
+		cli := newUser(t, rh, tc.user)
+		s := &syncer{cli: cli}
+		s.initial(t)
+		dm, err := cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "trusted_private_chat", IsDirect: true,
+			Invite: []id.UserID{bot}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.waitFor(t, 30*time.Second, tc.user+"'s invite answered with "+string(tc.want), botMember(dm.RoomID, tc.want))
 	}
 }

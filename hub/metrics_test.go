@@ -6,6 +6,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +21,7 @@ import (
 	"github.com/passerelle/passerelle/configs"
 	"github.com/passerelle/passerelle/homeserver/users"
 	"github.com/passerelle/passerelle/internal/testenv"
+	"github.com/passerelle/passerelle/registration"
 )
 
 // lockedBuffer is a log sink safe for concurrent writers.
@@ -254,5 +256,51 @@ func messageIn(roomID id.RoomID, text string) func(id.RoomID, *event.Event) bool
 		}
 		msg := e.Content.AsMessage()
 		return msg != nil && strings.Contains(msg.Body, text)
+	}
+}
+
+// TestMetricsFailingAppservice: an external appservice that cannot be reached shows failures, a growing queue
+// with an age, and latency observations, while /status tells the same story.
+func TestMetricsFailingAppservice(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Appservices.Directory = t.TempDir()
+	cfg.Appservices.MaxRetryInterval = time.Second
+	// Port 1 on loopback refuses connections at once.
+	reg := registration.Generate("ext", "http://127.0.0.1:1", "extbot", `@ext_.*:`+cfg.Server.ServerName)
+	if err := reg.Save(filepath.Join(cfg.Appservices.Directory, "ext.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	rh := startHub(t, cfg)
+	alice := newUser(t, rh, "alice")
+	extBot := id.NewUserID("extbot", cfg.Server.ServerName)
+	if _, err := alice.CreateRoom(t.Context(), &mautrix.ReqCreateRoom{Invite: []id.UserID{extBot}}); err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]float64
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		m = scrape(t, rh.URL)
+		if m[`passerelle_appservice_transaction_failures_total{appservice="ext"}`] >= 2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if v := m[`passerelle_appservice_transaction_failures_total{appservice="ext"}`]; v < 2 {
+		t.Errorf("failures = %v, want >= 2 (retried)", v)
+	}
+	if v := m[`passerelle_appservice_queue_length{appservice="ext"}`]; v < 1 {
+		t.Errorf("queue length = %v, want >= 1 (the invite)", v)
+	}
+	if v := m[`passerelle_appservice_queue_oldest_age_seconds{appservice="ext"}`]; v <= 0 || v > 60 {
+		t.Errorf("queue age = %v s, want between 0 and 60", v)
+	}
+	if m[`passerelle_appservice_transaction_duration_seconds_count{appservice="ext"}`] < 2 {
+		t.Error("failed attempts are not in the latency histogram")
+	}
+	if v, ok := m[`passerelle_appservice_transaction_failures_total{appservice="email"}`]; !ok || v != 0 {
+		t.Errorf("email failures = %v (present %v), want 0", v, ok)
+	}
+	if _, ok := m[`passerelle_bridge_enabled{bridge="ext"}`]; ok {
+		t.Error("an external appservice is reported as an in-process bridge")
 	}
 }

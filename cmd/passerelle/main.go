@@ -7,6 +7,7 @@
 //	passerelle serve [-c FILE]
 //	passerelle user create NAME [--password P | --password -] [--admin] [-c FILE]
 //	passerelle generate-registration --id ID --url URL --sender-localpart BOT [--user-regex RE] [-o FILE]
+//	passerelle bridges list|status NAME|enable NAME|disable NAME [-c FILE] [--url URL] [--token T | --as ADMIN]
 //	passerelle version
 //
 // Nothing imports this package.
@@ -61,6 +62,9 @@ Usage:
         "--password -" reads the password from the first line of standard input.
   passerelle generate-registration --id ID --url URL --sender-localpart BOT [--user-regex RE] [-o FILE]
         Write an appservice registration (Synapse format) with fresh tokens for an external bridge.
+  passerelle bridges list|status NAME|enable NAME|disable NAME [-c FILE] [--url URL] [--token T | --as ADMIN]
+        Show or switch the in-process bridges of the running server (admin API). Token from --token or
+        $PASSERELLE_ADMIN_TOKEN, or --as ADMIN mints a one-use token for that admin from the database.
   passerelle version
         Print the version.
 `
@@ -83,6 +87,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = cmdUserCreate(ctx, args[2:], stdin, stdout, stderr)
 	case "generate-registration":
 		err = cmdGenerateRegistration(args[1:], stdout, stderr)
+	case "bridges":
+		err = cmdBridges(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "passerelle", versionString())
 		return 0

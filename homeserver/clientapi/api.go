@@ -157,10 +157,12 @@ func (a *API) Register(mux *http.ServeMux) {
 		c("DELETE", "/pushrules/{scope}/{kind}/{ruleID}", a.authed(a.deletePushRule))
 		c("PUT", "/pushrules/{scope}/{kind}/{ruleID}/{attr}", a.authed(a.putPushRuleAttr))
 		c("GET", "/pushers", a.authed(a.pushers))
+		c("POST", "/search", a.authed(a.search))
 		if a.e2ee != nil {
 			a.registerKeys(c)
 		}
 	}
+	a.registerRelations(mux)
 	mux.HandleFunc("POST /_matrix/media/v3/upload", a.authed(a.upload))
 	mux.HandleFunc("GET /_matrix/media/v3/config", a.authed(a.mediaConfig))
 	mux.HandleFunc("GET /_matrix/client/v1/media/config", a.authed(a.mediaConfig))

@@ -88,21 +88,36 @@ func (a *API) eventContext(w http.ResponseWriter, r *http.Request, au *Auth) {
 	if len(evsAfter) > 0 {
 		end = evsAfter[len(evsAfter)-1].StreamPos
 	}
-	list := func(evs []*rooms.Event) []json.RawMessage {
-		out := make([]json.RawMessage, 0, len(evs))
+	list := func(evs []*rooms.Event) ([]json.RawMessage, error) {
+		shown := make([]*rooms.Event, 0, len(evs))
 		for _, e := range evs {
 			if hsync.PartAllows(filter, roomID, e.Sender, e.Type) {
-				out = append(out, e.MarshalClient())
+				shown = append(shown, e)
 			}
 		}
-		return out
+		return a.clientEvents(r, au, shown, upTo)
+	}
+	evOut, err := a.clientEvents(r, au, []*rooms.Event{ev}, upTo)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	beforeOut, err := list(evsBefore)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	afterOut, err := list(evsAfter)
+	if err != nil {
+		RespondError(w, r, err)
+		return
 	}
 	stateOut := make([]json.RawMessage, 0, len(state))
 	for _, e := range state {
 		stateOut = append(stateOut, e.MarshalClient())
 	}
 	RespondJSON(w, http.StatusOK, map[string]any{
-		"event": ev.MarshalClient(), "events_before": list(evsBefore), "events_after": list(evsAfter), "state": stateOut,
+		"event": evOut[0], "events_before": beforeOut, "events_after": afterOut, "state": stateOut,
 		"start": hsync.Token{Events: max(start, 0)}.String(), "end": hsync.Token{Events: end}.String(),
 	})
 }

@@ -498,7 +498,12 @@ func (a *API) getEvent(w http.ResponseWriter, r *http.Request, au *Auth) {
 		RespondError(w, r, mxerr.NotFound("event not found"))
 		return
 	}
-	writeRaw(w, hsync.ClientEvent(ev, au.User, au.Device))
+	out, err := a.clientEvents(r, au, []*rooms.Event{ev}, upTo)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	writeRaw(w, out[0])
 }
 
 func (a *API) messages(w http.ResponseWriter, r *http.Request, au *Auth) {
@@ -611,11 +616,16 @@ func (a *API) messages(w http.ResponseWriter, r *http.Request, au *Auth) {
 			}
 		}
 	}
-	chunk := make([]json.RawMessage, 0, len(evs))
+	shown := make([]*rooms.Event, 0, len(evs))
 	for _, ev := range evs {
 		if hsync.PartAllows(filter, roomID, ev.Sender, ev.Type) {
-			chunk = append(chunk, hsync.ClientEvent(ev, au.User, au.Device))
+			shown = append(shown, ev)
 		}
+	}
+	chunk, err := a.clientEvents(r, au, shown, upTo)
+	if err != nil {
+		RespondError(w, r, err)
+		return
 	}
 	resp["chunk"] = chunk
 	if more && len(evs) > 0 {

@@ -211,6 +211,9 @@ func (s *Service) persist(ctx context.Context, room *roomInfo, req SendRequest) 
 	if err != nil {
 		return nil, fmt.Errorf("insert event %s: %w", ev.ID, err)
 	}
+	if err = s.indexEvent(ctx, ev, content); err != nil {
+		return nil, err
+	}
 	if ev.StateKey != nil {
 		_, err = s.db.Exec(ctx, `INSERT INTO rooms_current_state (room_id, type, state_key, event_id, stream_pos, membership)
 			VALUES ($1, $2, $3, $4, $5, $6)
@@ -270,6 +273,9 @@ func (s *Service) applyRedaction(ctx context.Context, version string, target, re
 		target.ID, string(redacted), string(data), redaction.ID)
 	if err != nil {
 		return fmt.Errorf("store redacted %s: %w", target.ID, err)
+	}
+	if err = s.unindexEvent(ctx, target); err != nil {
+		return err
 	}
 	return nil
 }

@@ -798,7 +798,7 @@ func TestRefusesNewerDatabase(t *testing.T) {
 			t.Fatal("opened a database of a newer version")
 		}
 		// Re-opening at the current version is a no-op.
-		if _, err := db.Exec(ctx, `UPDATE rooms_version SET version = 1, compat = 1`); err != nil {
+		if _, err := db.Exec(ctx, `UPDATE rooms_version SET version = $1, compat = $1`, len(upgradeTable)); err != nil {
 			t.Fatal(err)
 		}
 		newService(t, db)

@@ -372,12 +372,17 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 		if err != nil {
 			return nil, fmt.Errorf("timeline of %s: %w", room, err)
 		}
+		// Bundled aggregations (edits, thread summaries) go on the events sent, not on the ones used for tokens.
+		shown, err := s.rooms.Bundle(ctx, evs, req.User, evPos)
+		if err != nil {
+			return nil, fmt.Errorf("aggregations of %s: %w", room, err)
+		}
 		jr := &JoinedRoom{
 			Summary: map[string]any{}, State: emptyList(), Ephemeral: emptyList(), AccountData: emptyList(),
 			Timeline: Timeline{Events: []json.RawMessage{}, Limited: limited},
 		}
 		jr.Timeline.PrevBatch = prevBatch(evs, evPos)
-		for _, ev := range evs {
+		for _, ev := range shown {
 			if PartAllows(tlPart, room, ev.Sender, ev.Type) {
 				jr.Timeline.Events = append(jr.Timeline.Events, ClientEvent(ev, req.User, req.Device))
 			}

@@ -148,7 +148,7 @@ func (m *MailServers) addAddress(address, password string) error {
 func (m *MailServers) Deliver(t testing.TB, from string, to []string, msg []byte) {
 	t.Helper()
 	if err := m.send(nil, from, to, msg); err != nil {
-		t.Fatalf("testenv: deliver mail from %s to %v: %v", from, to, err)
+		t.Fatalf("testenv: deliver mail from %s to %v: %v%s", from, to, err, m.health())
 	}
 }
 
@@ -156,7 +156,7 @@ func (m *MailServers) Deliver(t testing.TB, from string, to []string, msg []byte
 func (m *MailServers) Submit(t testing.TB, address, password string, to []string, msg []byte) {
 	t.Helper()
 	if err := m.send(sasl.NewPlainClient("", address, password), address, to, msg); err != nil {
-		t.Fatalf("testenv: submit mail as %s to %v: %v", address, to, err)
+		t.Fatalf("testenv: submit mail as %s to %v: %v%s", address, to, err, m.health())
 	}
 }
 
@@ -186,7 +186,7 @@ func (m *MailServers) Messages(t testing.TB, address, password, mailbox string) 
 	t.Helper()
 	msgs, err := m.messages(address, password, mailbox)
 	if err != nil {
-		t.Fatalf("testenv: read %s of %s: %v", mailbox, address, err)
+		t.Fatalf("testenv: read %s of %s: %v%s", mailbox, address, err, m.health())
 	}
 	return msgs
 }
@@ -202,8 +202,8 @@ func (m *MailServers) WaitMessages(t testing.TB, address, password, mailbox stri
 			return msgs
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("testenv: %s of %s has %d messages (err %v), want %d after %s%s", mailbox, address,
-				len(msgs), err, n, timeout, fileTail(m.postLogs))
+			t.Fatalf("testenv: %s of %s has %d messages (err %v), want %d after %s%s%s", mailbox, address,
+				len(msgs), err, n, timeout, fileTail(m.postLogs), m.health())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -269,17 +269,35 @@ func (m *MailServers) Kick(t testing.TB, address string) {
 	}
 }
 
-// startMail writes Dovecot's and Postfix's configuration into the process's temp root and starts both.
+// startMail writes Dovecot's and Postfix's configuration into the process's temp root and starts both,
+// retrying with fresh ports when a port turns out to be taken.
 func startMail(dovecotBin, masterBin string) (*MailServers, error) {
 	base, err := root()
 	if err != nil {
 		return nil, err
 	}
+	return startMailIn(base, dovecotBin, masterBin)
+}
+
+// startMailIn is startMail with its files under base.
+func startMailIn(base, dovecotBin, masterBin string) (*MailServers, error) {
 	ids, err := lookupIDs("mail", "postfix", "postdrop")
 	if err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(3)
+	var errs []error
+	for attempt := 1; attempt <= startAttempts; attempt++ {
+		m, err := startMailOnce(base, ids, dovecotBin, masterBin)
+		if err == nil {
+			return m, nil
+		}
+		errs = append(errs, fmt.Errorf("attempt %d: %w", attempt, err))
+	}
+	return nil, errors.Join(errs...)
+}
+
+func startMailOnce(base string, ids ids, dovecotBin, masterBin string) (*MailServers, error) {
+	ports, err := pickPorts(3)
 	if err != nil {
 		return nil, err
 	}
@@ -296,12 +314,35 @@ func startMail(dovecotBin, masterBin string) (*MailServers, error) {
 		mailGID:  ids.gid["mail"],
 	}
 	if err := m.startDovecot(dovecotBin); err != nil {
+		if m.dovecot != nil {
+			m.dovecot.discard()
+		}
 		return nil, err
 	}
 	if err := m.startPostfix(masterBin, ids); err != nil {
+		if m.postfix != nil {
+			m.postfix.discard()
+		}
+		m.dovecot.discard()
 		return nil, err
 	}
+	m.dovecot.ready.Store(true)
+	m.postfix.ready.Store(true)
 	return m, nil
+}
+
+// health returns "" while both servers run, else which one is gone and why (with its log).
+func (m *MailServers) health() string {
+	var out []string
+	for _, p := range []*process{m.dovecot, m.postfix} {
+		if h := p.health(); h != "" {
+			out = append(out, h)
+		}
+	}
+	if len(out) == 0 {
+		return ""
+	}
+	return "\n" + strings.Join(out, "\n")
 }
 
 // ids holds system user and group IDs by name.
@@ -343,6 +384,7 @@ ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_username_format = %Lu
+login_greeting = passerelle-testenv-{{.PID}} ready
 # Tests log in with wrong passwords on purpose: no failure delay (and no per-IP penalty, see service anvil)
 # slowing down the next test's logins.
 auth_failure_delay = 0 secs
@@ -441,9 +483,10 @@ func (m *MailServers) startDovecot(bin string) error {
 		return err
 	}
 	m.dovecot = p
+	p.extraLogs = []string{filepath.Join(dir, "dovecot.log")}
 	for _, addr := range []string{m.IMAPAddr, m.LMTPAddr} {
-		if err := p.waitTCP(addr); err != nil {
-			return fmt.Errorf("%w%s", err, fileTail(filepath.Join(dir, "dovecot.log")))
+		if err := p.waitBanner(addr, bannerToken()); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -482,7 +525,7 @@ smtpd_sasl_security_options = noanonymous
 smtpd_tls_security_level = none
 smtp_tls_security_level = none
 lmtp_tls_security_level = none
-smtpd_banner = $myhostname ESMTP
+smtpd_banner = $myhostname ESMTP passerelle-testenv-{{.PID}}
 # Refused commands are answered at once: tests provoke them on purpose.
 smtpd_error_sleep_time = 0
 message_size_limit = 67108864
@@ -553,7 +596,7 @@ func (m *MailServers) startPostfix(master string, ids ids) error {
 		}
 	}
 	vars := map[string]any{
-		"Dir": m.dir, "Domain": m.Domain, "OtherDomain": OtherDomain,
+		"Dir": m.dir, "Domain": m.Domain, "OtherDomain": OtherDomain, "PID": os.Getpid(),
 		"LMTPPort": portOf(m.LMTPAddr), "SMTPAddr": m.SMTPAddr,
 	}
 	for name, tmpl := range map[string]*template.Template{"main.cf": postfixMain, "master.cf": postfixMaster} {
@@ -598,11 +641,13 @@ wait "$pid"`
 	p.stopPipe = stopW
 	p.pidFile = filepath.Join(queue, "pid", "master.pid")
 	m.postfix = p
-	if err := p.waitTCP(m.SMTPAddr); err != nil {
-		return fmt.Errorf("%w%s", err, fileTail(m.postLogs))
-	}
-	return nil
+	p.extraLogs = []string{m.postLogs}
+	return p.waitBanner(m.SMTPAddr, bannerToken())
 }
+
+// bannerToken is in the greeting of every server this process starts, so that readiness checks can tell
+// them from another process's server that took the same port.
+func bannerToken() string { return fmt.Sprintf("passerelle-testenv-%d", os.Getpid()) }
 
 func portOf(addr string) int {
 	_, p, _ := net.SplitHostPort(addr)

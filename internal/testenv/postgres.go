@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -45,7 +46,7 @@ func Postgres(t testing.TB) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := srv.exec(ctx, `CREATE DATABASE `+name); err != nil {
-		t.Fatalf("testenv: create database %s: %v", name, err)
+		t.Fatalf("testenv: create database %s: %v\n%s", name, err, srv.proc.health())
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -61,6 +62,18 @@ func Postgres(t testing.TB) string {
 // dsn is the connection string of database name.
 func (s *pgServer) dsn(name string) string {
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", s.port, name)
+}
+
+// queryString runs a one-value query on the maintenance database.
+func (s *pgServer) queryString(ctx context.Context, sql string) (string, error) {
+	conn, err := pgx.Connect(ctx, s.dsn("postgres"))
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(context.Background())
+	var v string
+	err = conn.QueryRow(ctx, sql).Scan(&v)
+	return v, err
 }
 
 // exec runs one statement on the maintenance database.
@@ -138,7 +151,21 @@ func startPostgres(bindir string) (*pgServer, error) {
 	if err := run(initdb); err != nil {
 		return nil, fmt.Errorf("initdb: %w", err)
 	}
-	ports, err := freePorts(1)
+	var errs []error
+	for attempt := 1; attempt <= startAttempts; attempt++ {
+		srv, err := runPostgres(bindir, dir, data, sock, cred)
+		if err == nil {
+			srv.proc.ready.Store(true)
+			return srv, nil
+		}
+		errs = append(errs, fmt.Errorf("attempt %d: %w", attempt, err))
+	}
+	return nil, errors.Join(errs...)
+}
+
+// runPostgres starts the cluster in data on a fresh port and waits until it answers queries as itself.
+func runPostgres(bindir, dir, data, sock string, cred *syscall.Credential) (*pgServer, error) {
+	ports, err := pickPorts(1)
 	if err != nil {
 		return nil, err
 	}
@@ -164,18 +191,29 @@ func startPostgres(bindir string) (*pgServer, error) {
 	}
 	srv := &pgServer{port: port, proc: p}
 	if err := p.waitTCP(fmt.Sprintf("127.0.0.1:%d", port)); err != nil {
+		p.discard()
 		return nil, err
 	}
-	// Accepting TCP is not the same as accepting queries: wait for the end of recovery/startup.
+	// Accepting TCP is not the same as accepting queries: wait for the end of startup, and make sure the
+	// server answering is ours (another test process's PostgreSQL could hold the port we picked).
 	deadline := time.Now().Add(startTimeout)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		err := srv.exec(ctx, "SELECT 1")
+		dataDir, err := srv.queryString(ctx, "SHOW data_directory")
 		cancel()
+		if err == nil && dataDir != data {
+			p.discard()
+			return nil, fmt.Errorf("postgres: %w 127.0.0.1:%d (data directory %s)", errPortTaken, port, dataDir)
+		}
 		if err == nil {
 			break
 		}
+		if h := p.health(); h != "" {
+			p.discard()
+			return nil, fmt.Errorf("%s", h)
+		}
 		if time.Now().After(deadline) {
+			p.discard()
 			return nil, fmt.Errorf("postgres not ready after %s: %w%s", startTimeout, err, p.logTail())
 		}
 		time.Sleep(20 * time.Millisecond)

@@ -17,16 +17,20 @@
 package testenv
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -149,10 +153,61 @@ func findBinary(name string, dirs ...string) (string, bool) {
 	return "", false
 }
 
-// freePorts reserves n distinct free TCP ports on 127.0.0.1 by binding them all at once, then releases them
-// for the servers to bind. Another process could take one in between; startup failures are reported with
-// the server's log, and such a race is rare enough not to retry.
+// freePorts picks n distinct free TCP ports on 127.0.0.1 for servers to bind, from below the kernel's
+// ephemeral range: outgoing connections (of this or any other test process) take their local ports from that
+// range, so a port picked there could be taken between the check here and the server's bind. Ports are
+// chosen at random and checked by binding them; parallel test binaries rarely pick the same one, and
+// startup retries with new ports when a server cannot bind or another server answers on its port.
 func freePorts(n int) ([]int, error) {
+	lo := ephemeralLow()
+	const min = 20000
+	if lo-min < 2000 {
+		return kernelPorts(n)
+	}
+	ls := make([]net.Listener, 0, n)
+	defer func() {
+		for _, l := range ls {
+			_ = l.Close()
+		}
+	}()
+	ports := make([]int, 0, n)
+	for tries := 0; len(ports) < n && tries < 500; tries++ {
+		p := min + rand.IntN(lo-min)
+		if slices.Contains(ports, p) {
+			continue
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		if err != nil {
+			continue
+		}
+		ls = append(ls, l)
+		ports = append(ports, p)
+	}
+	if len(ports) < n {
+		return nil, fmt.Errorf("no %d free ports between %d and %d", n, min, lo)
+	}
+	return ports, nil
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (32768 on Linux by default).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 1 {
+		return 32768
+	}
+	lo, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 32768
+	}
+	return lo
+}
+
+// kernelPorts lets the kernel choose n free ports (used when the ephemeral range leaves no room below it).
+func kernelPorts(n int) ([]int, error) {
 	ls := make([]net.Listener, 0, n)
 	defer func() {
 		for _, l := range ls {
@@ -170,6 +225,12 @@ func freePorts(n int) ([]int, error) {
 	}
 	return ports, nil
 }
+
+// pickPorts is freePorts; self-tests replace it to hand out a port another server holds.
+var pickPorts = freePorts
+
+// startAttempts is how often a server's start is tried with fresh ports before giving up.
+const startAttempts = 3
 
 // spawnRequest asks the spawner thread to start a command.
 type spawnRequest struct {
@@ -213,6 +274,11 @@ type process struct {
 	// pidFile, when set, names a file holding the pid of a daemon that leads its own process group apart
 	// from the process started here; it is killed too if it lingers.
 	pidFile string
+	// ready is set once the server answered; stopping once Stop or a failed start began to stop it. An exit
+	// while ready and not stopping is reported at once on stderr, so a test that then times out has the cause.
+	ready, stopping atomic.Bool
+	// extraLogs are more log files worth showing when the server fails (e.g. Postfix's maillog).
+	extraLogs []string
 }
 
 // launch starts a long-running server. Its stdout and stderr go to logPath. deathSig is what the server gets
@@ -244,6 +310,10 @@ func launch(name string, cmd *exec.Cmd, logPath string, setpgid bool, deathSig, 
 	go func() {
 		p.waitErr = cmd.Wait()
 		close(p.exited)
+		if p.ready.Load() && !p.stopping.Load() {
+			fmt.Fprintf(os.Stderr, "\ntestenv: %s (pid %d) EXITED UNEXPECTEDLY: %v%s\n", p.name, cmd.Process.Pid,
+				p.waitErr, p.logTail())
+		}
 	}()
 	procsMu.Lock()
 	procs = append(procs, p)
@@ -253,6 +323,7 @@ func launch(name string, cmd *exec.Cmd, logPath string, setpgid bool, deathSig, 
 
 // stop asks the server to exit, waits, and then kills its whole process group.
 func (p *process) stop() {
+	p.stopping.Store(true)
 	pid := p.cmd.Process.Pid
 	if p.stopPipe != nil {
 		_ = p.stopPipe.Close()
@@ -273,6 +344,57 @@ func (p *process) stop() {
 		}
 	}
 	<-p.exited
+}
+
+// discard stops a server whose start failed and forgets it.
+func (p *process) discard() {
+	p.stop()
+	procsMu.Lock()
+	defer procsMu.Unlock()
+	procs = slices.DeleteFunc(procs, func(q *process) bool { return q == p })
+}
+
+// health returns "" while the server runs, else why it is gone, with its log.
+func (p *process) health() string {
+	select {
+	case <-p.exited:
+		return fmt.Sprintf("%s (pid %d) has exited: %v%s", p.name, p.cmd.Process.Pid, p.waitErr, p.logTail())
+	default:
+		return ""
+	}
+}
+
+// errPortTaken means another server answered on a port picked for ours; the start is retried with new ports.
+var errPortTaken = errors.New("another server answers on the port")
+
+// waitBanner waits until addr accepts connections and greets with a first line containing token (our
+// servers' greetings carry the test process's pid), failing early if the server exits. A different greeting
+// means some other server holds the port: errPortTaken.
+func (p *process) waitBanner(addr, token string) error {
+	deadline := time.Now().Add(startTimeout)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			line, rerr := bufio.NewReader(c).ReadString('\n')
+			_ = c.Close()
+			switch {
+			case rerr == nil && strings.Contains(line, token):
+				return nil
+			case rerr == nil:
+				return fmt.Errorf("%s: %w %s: %q", p.name, errPortTaken, addr, strings.TrimSpace(line))
+			}
+		}
+		select {
+		case <-p.exited:
+			return fmt.Errorf("%s exited before answering on %s (%v)%s", p.name, addr, p.waitErr, p.logTail())
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not answering on %s after %s%s", p.name, addr, startTimeout, p.logTail())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // waitTCP waits until addr accepts connections, failing early if the server exits.
@@ -296,9 +418,13 @@ func (p *process) waitTCP(addr string) error {
 	}
 }
 
-// logTail returns the end of the server's log, for error messages.
+// logTail returns the end of the server's logs, for error messages.
 func (p *process) logTail() string {
-	return fileTail(p.logPath)
+	out := fileTail(p.logPath)
+	for _, l := range p.extraLogs {
+		out += fileTail(l)
+	}
+	return out
 }
 
 // fileTail returns the last 2 KiB of a file, prefixed for an error message, or "" when it is empty.

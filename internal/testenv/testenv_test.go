@@ -4,10 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -269,5 +273,120 @@ func TestMailPasswordChange(t *testing.T) {
 			t.Fatalf("after a password change: new password err %v, old password err %v", errNew, errOld)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// stranger listens on a free port and greets like a mail server that is not ours.
+func stranger(t *testing.T) (port int) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte("220 someone else's server\r\n"))
+			_ = c.Close()
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// TestStartRetriesWhenPortTaken hands the mail servers, on their first attempt, an SMTP port another server
+// already answers on: the start must notice (by the greeting) and succeed on fresh ports.
+func TestStartRetriesWhenPortTaken(t *testing.T) {
+	ms := Mail(t) // the shared instance must exist first: this test starts a second one beside it
+	taken := stranger(t)
+	calls := 0
+	pickPorts = func(n int) ([]int, error) {
+		calls++
+		ports, err := freePorts(n)
+		if err == nil && calls == 1 && n == 3 {
+			ports[2] = taken
+		}
+		return ports, err
+	}
+	defer func() { pickPorts = freePorts }()
+	base := filepath.Join(ms.dir, "second")
+	if err := os.MkdirAll(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dovecot, _ := findBinary("dovecot", "/usr/sbin")
+	master, _ := findBinary("master", "/usr/lib/postfix/sbin")
+	second, err := startMailIn(base, dovecot, master)
+	if err != nil {
+		t.Fatalf("start with a taken port: %v", err)
+	}
+	defer func() {
+		second.postfix.discard()
+		second.dovecot.discard()
+	}()
+	if calls < 2 || second.SMTPPort == taken {
+		t.Fatalf("no retry: %d port picks, SMTP port %d (taken %d)", calls, second.SMTPPort, taken)
+	}
+	addr := second.AddUser(t, "retry", "pw")
+	second.Deliver(t, "x@"+OtherDomain, []string{addr}, []byte("Subject: r\r\n\r\nretried\r\n"))
+	if got := second.WaitMessages(t, addr, "pw", "INBOX", 1, 20*time.Second); !bytes.Contains(got[0], []byte("retried")) {
+		t.Fatalf("got %q", got[0])
+	}
+}
+
+func TestWaitBannerSeesStranger(t *testing.T) {
+	port := stranger(t)
+	cmd := exec.Command("sleep", "30")
+	p, err := launch("sleeper", cmd, filepath.Join(t.TempDir(), "log"), true, syscall.SIGKILL, syscall.SIGKILL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.discard()
+	err = p.waitBanner(fmt.Sprintf("127.0.0.1:%d", port), bannerToken())
+	if !errors.Is(err, errPortTaken) {
+		t.Fatalf("waitBanner = %v, want errPortTaken", err)
+	}
+}
+
+func TestFreePortsBelowEphemeralRange(t *testing.T) {
+	lo := ephemeralLow()
+	ports, err := freePorts(5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]bool{}
+	for _, p := range ports {
+		if seen[p] || (lo-20000 >= 2000 && (p < 20000 || p >= lo)) {
+			t.Fatalf("ports %v (ephemeral range starts at %d)", ports, lo)
+		}
+		seen[p] = true
+	}
+}
+
+func TestHealthReportsDeadServer(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	logPath := filepath.Join(t.TempDir(), "log")
+	p, err := launch("sleeper", cmd, logPath, true, syscall.SIGKILL, syscall.SIGKILL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.discard()
+	if h := p.health(); h != "" {
+		t.Fatalf("running server reported as %q", h)
+	}
+	// Mark it started, as the start functions do, so that its death is reported on stderr at once.
+	p.ready.Store(true)
+	_ = syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
+	deadline := time.Now().Add(5 * time.Second)
+	for p.health() == "" {
+		if time.Now().After(deadline) {
+			t.Fatal("a killed server still counts as healthy")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if h := p.health(); !strings.Contains(h, "sleeper") || !strings.Contains(h, "killed") {
+		t.Fatalf("health = %q, want the name and the cause", h)
 	}
 }

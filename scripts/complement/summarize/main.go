@@ -23,6 +23,23 @@ import (
 // multiServerMarker is part of the skip message the deployer gives tests that ask for more than one server.
 const multiServerMarker = "only single-server deployments are supported"
 
+// dockerMarker is part of the error of tests that use complement.OldDeploy (Docker blueprints), which the
+// custom deployer cannot serve.
+const dockerMarker = "OldDeploy: Failed to construct blueprint"
+
+// federationMarkers appear in the output of single-server tests that drive Complement's in-process
+// federation server against the homeserver: IDs or media on that server (named host.docker.internal:PORT),
+// or requests to federation/key endpoints. A plain URL to host.docker.internal (URL previews) is not one.
+var federationMarkers = []string{":host.docker.internal", "/download/host.docker.internal", "server_name=host.docker.internal",
+	"/_matrix/federation/", "/_matrix/key/", "[SSAPI]"}
+
+// Test classes; a test in none of them is an ordinary single-server Client-Server API test.
+const (
+	classMultiServer = "multi-server"
+	classDocker      = "needs Docker blueprint"
+	classFederation  = "needs federation"
+)
+
 // event is one line of `go test -json` (test2json) output.
 type event struct {
 	Action  string `json:"Action"`
@@ -106,12 +123,13 @@ func parse(r io.Reader) (*report, error) {
 var (
 	ansi       = regexp.MustCompile("\x1b\\[[0-9;]*m")
 	fileLine   = regexp.MustCompile(`^\s*[\w.-]+\.go:\d+: (.*)$`)
-	noisyLines = []string{"[CSAPI]", "server log kept in", "retrying with a longer one", "=== ", "--- "}
+	noisyLines = []string{"[CSAPI]", "server log kept in", "retrying with a longer one", "called runtime.SkipIf", "=== ", "--- "}
 )
 
-// reason picks the first line of t's (and its subtests') output that reads like an error or skip message.
+// reason picks a one-line cause from the output of top and its subtests: the first red (ct.Errorf/Fatalf)
+// message with its continuation lines, else the first panic, else the first file:line message of a test
+// that did not pass (the last one of a failing leaf test first).
 func (p *pkgResult) reason(top string) string {
-	var fallback string
 	names := []string{top}
 	for _, n := range p.order {
 		if strings.HasPrefix(n, top+"/") {
@@ -119,30 +137,103 @@ func (p *pkgResult) reason(top string) string {
 		}
 	}
 	for _, n := range names {
-		tr := p.tests[n]
-		for _, raw := range tr.output {
-			line := ansi.ReplaceAllString(raw, "")
-			if isNoise(line) {
+		out := p.tests[n].output
+		for i, raw := range out {
+			if !strings.Contains(raw, "\x1b[31m") || isNoise(raw) {
 				continue
 			}
-			if m := fileLine.FindStringSubmatch(line); m != nil {
-				msg := strings.TrimSpace(m[1])
-				if msg == "" {
-					continue
-				}
-				if strings.Contains(raw, "\x1b[31m") || tr.result != "pass" {
-					return oneLine(msg)
-				}
-				if fallback == "" {
-					fallback = msg
-				}
+			block := []string{raw}
+			for j := i + 1; j < len(out) && !strings.Contains(block[len(block)-1], "\x1b[39m"); j++ {
+				block = append(block, out[j])
 			}
-			if strings.HasPrefix(strings.TrimSpace(line), "panic:") {
-				return oneLine(strings.TrimSpace(line))
+			msg := ansi.ReplaceAllString(strings.Join(block, " "), "")
+			if m := fileLine.FindStringSubmatch(strings.TrimSpace(strings.SplitN(msg, "\n", 2)[0])); m != nil {
+				msg = m[1]
+			}
+			return oneLine(msg)
+		}
+	}
+	for _, n := range names {
+		for _, raw := range p.tests[n].output {
+			if line := strings.TrimSpace(ansi.ReplaceAllString(raw, "")); strings.HasPrefix(line, "panic:") {
+				return oneLine(line)
 			}
 		}
 	}
-	return oneLine(fallback)
+	// A failing leaf's last message is usually its t.Errorf; earlier ones are progress logs.
+	for _, n := range names {
+		if p.tests[n].result == "fail" && !p.hasFailingChild(n, names) {
+			if msg := lastMessage(p.tests[n].output); msg != "" {
+				return oneLine(msg)
+			}
+		}
+	}
+	for _, n := range names {
+		tr := p.tests[n]
+		if tr.result == "pass" {
+			continue
+		}
+		for _, raw := range tr.output {
+			if msg := message(raw); msg != "" {
+				return oneLine(msg)
+			}
+		}
+	}
+	return ""
+}
+
+func (p *pkgResult) hasFailingChild(n string, names []string) bool {
+	for _, c := range names {
+		if strings.HasPrefix(c, n+"/") && p.tests[c].result == "fail" {
+			return true
+		}
+	}
+	return false
+}
+
+// message returns the text of a "file.go:N: text" output line, or "" for other and noisy lines.
+func message(raw string) string {
+	line := ansi.ReplaceAllString(raw, "")
+	if isNoise(line) {
+		return ""
+	}
+	if m := fileLine.FindStringSubmatch(line); m != nil {
+		return strings.TrimSpace(m[1])
+	}
+	return ""
+}
+
+func lastMessage(lines []string) string {
+	for i := len(lines) - 1; i >= 0; i-- {
+		if msg := message(lines[i]); msg != "" {
+			return msg
+		}
+	}
+	return ""
+}
+
+// class puts top in classMultiServer, classDocker, classFederation or "" (plain single-server test).
+func (p *pkgResult) class(top string) string {
+	reason := p.reason(top)
+	switch {
+	case strings.Contains(reason, multiServerMarker):
+		return classMultiServer
+	case strings.Contains(reason, dockerMarker):
+		return classDocker
+	}
+	for _, n := range p.order {
+		if n != top && !strings.HasPrefix(n, top+"/") {
+			continue
+		}
+		for _, line := range p.tests[n].output {
+			for _, m := range federationMarkers {
+				if strings.Contains(line, m) {
+					return classFederation
+				}
+			}
+		}
+	}
+	return ""
 }
 
 func isNoise(line string) bool {
@@ -154,20 +245,33 @@ func isNoise(line string) bool {
 	return false
 }
 
-// oneLine trims a message to one Markdown-table-safe line of at most 200 characters.
+// oneLine squeezes a message into one Markdown-table-safe line of at most about 240 characters, keeping its
+// start and its end (where MustSyncUntil puts what it last saw).
 func oneLine(s string) string {
-	s = strings.ReplaceAll(s, "|", "\\|")
 	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > 200 {
-		s = s[:200] + "…"
+	if r := []rune(s); len(r) > 240 {
+		s = string(r[:150]) + " … " + string(r[len(r)-85:])
 	}
-	return s
+	return strings.ReplaceAll(s, "|", "\\|")
 }
 
 // counts is the tally of top-level tests of one package.
-type counts struct{ pass, fail, skip, noResult, multiServer int }
+type counts struct{ pass, fail, skip, noResult int }
 
 func (c counts) total() int { return c.pass + c.fail + c.skip + c.noResult }
+
+func (c *counts) add(result string) {
+	switch result {
+	case "pass":
+		c.pass++
+	case "fail":
+		c.fail++
+	case "skip":
+		c.skip++
+	default:
+		c.noResult++
+	}
+}
 
 func (p *pkgResult) topLevel() []string {
 	var out []string
@@ -179,35 +283,32 @@ func (p *pkgResult) topLevel() []string {
 	return out
 }
 
-func (p *pkgResult) tally() counts {
-	var c counts
+// tally counts the top-level tests: all of them, the single-server ones (every class but multi-server),
+// and the plain ones (single-server, needing neither Docker blueprints nor federation).
+func (p *pkgResult) tally() (all, single, plain counts) {
 	for _, n := range p.topLevel() {
-		switch p.tests[n].result {
-		case "pass":
-			c.pass++
-		case "fail":
-			c.fail++
-		case "skip":
-			c.skip++
-			if strings.Contains(p.reason(n), multiServerMarker) {
-				c.multiServer++
-			}
+		r := p.tests[n].result
+		all.add(r)
+		switch p.class(n) {
+		case classMultiServer:
+		case "":
+			single.add(r)
+			plain.add(r)
 		default:
-			c.noResult++
+			single.add(r)
 		}
 	}
-	return c
+	return all, single, plain
 }
 
 func write(w io.Writer, rep *report) {
 	fmt.Fprintf(w, "# Complement against Passerelle\n\n")
-	fmt.Fprintf(w, "| package | top-level | pass | fail | skip | no result | single-server (pass/fail/skip) |\n")
-	fmt.Fprintf(w, "|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "Counts are top-level tests as total: pass/fail/skip (fail includes tests with no result).\n")
+	fmt.Fprintf(w, "single-server = all but multi-server; plain = single-server needing neither federation nor Docker blueprints.\n\n")
+	fmt.Fprintf(w, "| package | all | single-server | plain single-server |\n|---|---|---|---|\n")
 	for _, name := range rep.order {
-		p := rep.pkgs[name]
-		c := p.tally()
-		fmt.Fprintf(w, "| %s | %d | %d | %d | %d | %d | %d (%d/%d/%d) |\n", name, c.total(), c.pass, c.fail, c.skip,
-			c.noResult, c.total()-c.multiServer, c.pass, c.fail+c.noResult, c.skip-c.multiServer)
+		all, single, plain := rep.pkgs[name].tally()
+		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", name, all, single, plain)
 	}
 	for _, name := range rep.order {
 		p := rep.pkgs[name]
@@ -218,7 +319,7 @@ func write(w io.Writer, rep *report) {
 			}
 			continue
 		}
-		fmt.Fprintf(w, "| test | result | reason / first error |\n|---|---|---|\n")
+		fmt.Fprintf(w, "| test | result | class | reason / first error |\n|---|---|---|---|\n")
 		tops := p.topLevel()
 		sort.SliceStable(tops, func(i, j int) bool {
 			return rank(p.tests[tops[i]].result) < rank(p.tests[tops[j]].result) ||
@@ -230,7 +331,7 @@ func write(w io.Writer, rep *report) {
 			if tr.result != "pass" {
 				reason = p.reason(n)
 			}
-			fmt.Fprintf(w, "| %s | %s | %s |\n", n, orNone(tr.result), reason)
+			fmt.Fprintf(w, "| %s | %s | %s | %s |\n", n, orNone(tr.result), p.class(n), reason)
 		}
 		var failedSubs []string
 		for _, n := range p.order {
@@ -245,6 +346,11 @@ func write(w io.Writer, rep *report) {
 			}
 		}
 	}
+}
+
+// String renders the tally as "total: pass/fail/skip".
+func (c counts) String() string {
+	return fmt.Sprintf("%d: %d/%d/%d", c.total(), c.pass, c.fail+c.noResult, c.skip)
 }
 
 func rank(result string) int {

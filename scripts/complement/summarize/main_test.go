@@ -20,10 +20,18 @@ func TestSummary(t *testing.T) {
 	if p == nil || p.result != "fail" {
 		t.Fatalf("package not parsed or wrong result: %+v", p)
 	}
-	c := p.tally()
-	want := counts{pass: 1, fail: 1, skip: 2, noResult: 1, multiServer: 1}
-	if c != want {
-		t.Fatalf("tally = %+v, want %+v", c, want)
+	all, single, plain := p.tally()
+	if want := (counts{pass: 1, fail: 2, skip: 2, noResult: 1}); all != want {
+		t.Fatalf("all = %+v, want %+v", all, want)
+	}
+	if want := (counts{pass: 1, fail: 2, skip: 1, noResult: 1}); single != want {
+		t.Fatalf("single = %+v, want %+v", single, want)
+	}
+	if want := (counts{pass: 1, fail: 1, skip: 1, noResult: 1}); plain != want {
+		t.Fatalf("plain = %+v, want %+v", plain, want)
+	}
+	if got := p.class("TestF"); got != classFederation {
+		t.Errorf("class(TestF) = %q", got)
 	}
 	if got := p.reason("TestB"); got != `CSAPI.Must: POST /createRoom returned non-2xx code: 400 \| x` {
 		t.Errorf("reason(TestB) = %q", got)
@@ -35,9 +43,10 @@ func TestSummary(t *testing.T) {
 	write(&sb, rep)
 	out := sb.String()
 	for _, s := range []string{
-		"| github.com/matrix-org/complement/tests/csapi | 5 | 1 | 1 | 2 | 1 | 4 (1/2/1) |",
-		"| TestB | fail | CSAPI.Must",
-		"| TestE | no result (timeout or crash) | panic",
+		"| github.com/matrix-org/complement/tests/csapi | 6: 1/3/2 | 5: 1/3/1 | 4: 1/2/1 |",
+		"| TestB | fail |  | CSAPI.Must",
+		"| TestE | no result (timeout or crash) |  | panic",
+		"| TestC | skip | multi-server |",
 		"- TestB/sub",
 	} {
 		if !strings.Contains(out, s) {
@@ -51,7 +60,8 @@ func TestSummary(t *testing.T) {
 
 func TestOneLine(t *testing.T) {
 	long := strings.Repeat("x", 300)
-	if got := oneLine("a\n b|c " + long); strings.Contains(got, "\n") || !strings.Contains(got, `b\|c`) || len(got) > 210 {
+	if got := oneLine("a\n b|c " + long + " END"); strings.Contains(got, "\n") || !strings.Contains(got, `b\|c`) ||
+		!strings.HasSuffix(got, " END") || !strings.Contains(got, " … ") || len([]rune(got)) > 245 {
 		t.Errorf("oneLine = %q", got)
 	}
 }
@@ -71,9 +81,9 @@ func FuzzParse(f *testing.F) {
 		}
 		for _, name := range rep.order {
 			p := rep.pkgs[name]
-			c := p.tally()
-			if c.total() != len(p.topLevel()) || c.multiServer > c.skip {
-				t.Fatalf("inconsistent tally %+v for %d top-level tests", c, len(p.topLevel()))
+			all, single, plain := p.tally()
+			if all.total() != len(p.topLevel()) || single.total() > all.total() || plain.total() > single.total() {
+				t.Fatalf("inconsistent tally %v %v %v for %d top-level tests", all, single, plain, len(p.topLevel()))
 			}
 			for _, n := range p.topLevel() {
 				if r := p.reason(n); strings.Contains(r, "\n") {
