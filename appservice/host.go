@@ -198,6 +198,9 @@ func (b *hosted) setState(s BridgeState, err error) {
 }
 
 func (b *hosted) start(ctx context.Context) error {
+	// A switch during start-up waits for it, so it sees the final state and (dis)connects the logins itself.
+	b.switchMu.Lock()
+	defer b.switchMu.Unlock()
 	b.setState(StateStarting, nil)
 	ctx = b.bridge.Log.WithContext(ctx)
 	// Same order as mxmain: connectors (DB upgrade, homeserver checks), then existing logins, then post-start.
@@ -544,9 +547,12 @@ func (h *Host) SetEnabled(ctx context.Context, bridgeID string, enabled bool) er
 		started := b.loginsStarted
 		b.mu.Unlock()
 		if running && started {
+			// In parallel, as bridgev2's own stop does: each client may wait for its connection to close.
+			var wg sync.WaitGroup
 			for _, login := range b.bridge.GetAllCachedUserLogins() {
-				login.Client.Disconnect()
+				wg.Go(login.Client.Disconnect)
 			}
+			wg.Wait()
 		}
 		b.bridge.Log.Info().Msg("Bridge disabled by an administrator")
 		return nil

@@ -247,6 +247,9 @@ func TestSearchOnlyVisibleRooms(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if resp.Count != 6 {
+				t.Fatalf("search count %d, want 6 on every page", resp.Count)
+			}
 			for _, res := range resp.Results {
 				if res.Event.RoomID != shared.RoomID {
 					t.Fatalf("bob found an event of room %s he is not in: %s", res.Event.RoomID, res.Event.Content.Raw["body"])

@@ -289,3 +289,26 @@ func TestAllowedUsers(t *testing.T) {
 		s.waitFor(t, 30*time.Second, tc.user+"'s invite answered with "+string(tc.want), botMember(dm.RoomID, tc.want))
 	}
 }
+
+// TestRestartSender: the restart that enabling uses to cut a retry backoff short leaves the sender working.
+func TestRestartSender(t *testing.T) {
+	cfg := testConfig(t)
+	rh := startHub(t, cfg)
+	rh.restartSender()
+	rh.restartSender()
+	bot := id.NewUserID(cfg.Bridges.Email.BotLocalpart, cfg.Server.ServerName)
+	alice := newUser(t, rh, "alice")
+	s := &syncer{cli: alice}
+	s.initial(t)
+	dm, err := alice.CreateRoom(t.Context(), &mautrix.ReqCreateRoom{Preset: "trusted_private_chat", IsDirect: true,
+		Invite: []id.UserID{bot}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.waitFor(t, 30*time.Second, "the bot's welcome after sender restarts", textFrom(bot, dm.RoomID, "management room"))
+	rh.shutdown(t)
+	rh.restartSender() // after shutdown: a no-op, must not start workers again
+	if st := rh.Sender().Status(); len(st) != 1 {
+		t.Errorf("sender status after shutdown: %+v", st)
+	}
+}

@@ -72,9 +72,9 @@ func scrape(t *testing.T, base string) map[string]float64 {
 	return out
 }
 
-// TestMetricsAndSecrets runs a real mailbox login through the bot and a mail into a portal, then checks that
-// /metrics shows the traffic with sane values, and that the captured log (debug level) holds neither the
-// passwords nor any access token. SQLite and PostgreSQL.
+// TestMetricsAndSecrets runs a real mailbox login through the bot and a mail into a portal, switches the bridge
+// off and on around a second mail, then checks that /metrics shows the traffic with sane values and that the
+// captured log (trace level: everything) holds neither the passwords nor any access token. SQLite and PostgreSQL.
 func TestMetricsAndSecrets(t *testing.T) {
 	t.Run("sqlite", func(t *testing.T) { testMetricsAndSecrets(t, testConfig(t)) })
 	t.Run("postgres", func(t *testing.T) {
@@ -93,7 +93,7 @@ func testMetricsAndSecrets(t *testing.T, cfg *configs.Config) {
 	ms.AddAddress(t, carolAddr, carolPass)
 
 	logs := &lockedBuffer{}
-	rh := startHubWithLog(t, cfg, &deliveries{}, zerolog.New(logs).Level(zerolog.DebugLevel).With().Timestamp().Logger())
+	rh := startHubWithLog(t, cfg, &deliveries{}, zerolog.New(logs).Level(zerolog.TraceLevel).With().Timestamp().Logger())
 	ctx := t.Context()
 	if _, err := rh.Homeserver().Users().Register(ctx, "alice", matrixPass, users.RegisterOpts{}); err != nil {
 		t.Fatal(err)

@@ -87,6 +87,11 @@ func (a *API) search(w http.ResponseWriter, r *http.Request, au *Auth) {
 		RespondError(w, r, err)
 		return
 	}
+	count, err := a.rooms.SearchCount(ctx, q)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
 	evs = slices.DeleteFunc(evs, func(ev *rooms.Event) bool { return !hsync.PartAllows(f, ev.RoomID, ev.Sender, ev.Type) })
 	words := strings.Fields(strings.ToLower(re.SearchTerm))
 	type hit struct {
@@ -129,7 +134,7 @@ func (a *API) search(w http.ResponseWriter, r *http.Request, au *Auth) {
 		}
 		results = append(results, res)
 	}
-	out := map[string]any{"results": results, "highlights": words}
+	out := map[string]any{"results": results, "highlights": words, "count": count}
 	if next > 0 {
 		out["next_batch"] = strconv.FormatInt(next, 10)
 	}

@@ -175,6 +175,9 @@ func TestRelationsThreadsBundleSearch(t *testing.T) {
 		if len(more) != 2 || next != 0 || more[0].StreamPos >= hits[2].StreamPos {
 			t.Fatalf("search page 2: %v %d", ids(more), next)
 		}
+		if n, err := s.SearchCount(ctx, SearchQuery{Rooms: []id.RoomID{room}, Term: "needle", Before: 1}); err != nil || n != 5 {
+			t.Fatalf("search count %d %v, want 5", n, err)
+		}
 		// LIKE wildcards in the term are literal.
 		if w, _, _ := s.Search(ctx, SearchQuery{Rooms: []id.RoomID{room}, Term: "0%_d"}); len(w) != 5 {
 			t.Fatalf("literal %%_ matched %d", len(w))

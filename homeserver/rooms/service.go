@@ -1,6 +1,7 @@
 // Package rooms is the homeserver's room core: events and their IDs for room versions 10 and 11, the
 // redaction algorithm, the authorisation rules, the persisted timeline with one global stream position, current
-// state, memberships, aliases and the createRoom recipe.
+// state, memberships, aliases, the createRoom recipe, and the relations and message-search indexes written
+// with each event (relations.go, search.go).
 //
 // It is used by the HTTP layer, /sync and the appservice sender. It must not import any HTTP, sync, appservice
 // or bridge package; it imports only mxerr and internal helpers from the project.
