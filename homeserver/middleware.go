@@ -2,6 +2,7 @@ package homeserver
 
 import (
 	"net/http"
+	"path"
 	"runtime/debug"
 	"time"
 
@@ -52,6 +53,13 @@ func middleware(mux *http.ServeMux, log zerolog.Logger) http.Handler {
 			}
 			if probe.status == http.StatusMethodNotAllowed {
 				clientapi.RespondError(sw, r, mxerr.New(http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "method not allowed on this endpoint"))
+				return
+			}
+			// For a path with "..", "." or "//" segments the mux answers with an HTML redirect to the cleaned
+			// path; no Matrix endpoint has such paths (and following it could reach another resource, e.g.
+			// /download/x/../../etc/passwd), so answer 404 M_UNRECOGNIZED in JSON instead.
+			if probe.status >= 300 && probe.status < 400 && path.Clean(r.URL.Path) != r.URL.Path {
+				clientapi.RespondError(sw, r, mxerr.Unrecognized("unrecognized request"))
 				return
 			}
 			if probe.status == http.StatusNotFound || probe.status == 0 {

@@ -181,9 +181,17 @@ func testBridgeSwitch(t *testing.T, cfg *configs.Config) {
 	}
 
 	// Messages to the bot while the bridge is off: held back, and the bot (answered by the hub) says why.
-	var sent []id.EventID
-	for _, body := range []string{"help", "first held-back message", "second held-back message"} {
-		resp, err := alice.SendText(ctx, dm.RoomID, body)
+	// One command, then two events of a type the bridge ignores: two commands in one transaction would trip a
+	// data race inside mautrix v0.33.0's command processor (handleCommand updates the transaction's shared
+	// logger), which -race reports; it is not ours and not what this test is about.
+	resp, err := alice.SendText(ctx, dm.RoomID, "help")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := []id.EventID{resp.EventID}
+	for i := range 2 {
+		resp, err := alice.SendMessageEvent(ctx, dm.RoomID, event.Type{Type: "org.passerelle.test", Class: event.MessageEventType},
+			map[string]any{"n": i})
 		if err != nil {
 			t.Fatal(err)
 		}

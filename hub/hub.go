@@ -34,6 +34,15 @@ const (
 	// readHeaderTimeout stops slow-loris clients from holding connections; /sync long-polls are unaffected
 	// because they concern the response, not the request headers.
 	readHeaderTimeout = 10 * time.Second
+	// defaultReadTimeout bounds reading a whole request, body included, so that a client that sends headers
+	// and then trickles (or stalls) its body cannot hold a connection forever. Matrix request bodies are small
+	// JSON (a few KiB to 1 MiB); 60 s is ample even on a poor mobile link. Media uploads, which may be large,
+	// extend their own deadline (clientapi's upload handler); /sync long-polls, which have no body, clear it.
+	defaultReadTimeout = 60 * time.Second
+	// defaultIdleTimeout closes keep-alive connections that carry no request for this long. It is longer
+	// than a client's usual gap between two /sync long-polls (a few seconds) so that connections are reused,
+	// but keeps abandoned ones from piling up.
+	defaultIdleTimeout = 120 * time.Second
 	// shutdownTimeout bounds the graceful HTTP shutdown; long-polls are cut after it.
 	shutdownTimeout = 10 * time.Second
 )
@@ -61,13 +70,17 @@ type Hub struct {
 	runMu    sync.Mutex
 	runCtx   context.Context
 	stopping bool
+
+	// readTimeout and idleTimeout are the http.Server's (defaultReadTimeout, defaultIdleTimeout; tests
+	// shorten them).
+	readTimeout, idleTimeout time.Duration
 }
 
 // New builds everything without starting it: registrations of the in-process bridges (generated once under
 // <data_dir>/registrations), the external registrations from appservices.directory, the homeserver, the
 // sender and the bridges.
 func New(ctx context.Context, cfg *configs.Config, log zerolog.Logger) (*Hub, error) {
-	h := &Hub{cfg: cfg, log: log, ready: make(chan struct{})}
+	h := &Hub{cfg: cfg, log: log, ready: make(chan struct{}), readTimeout: defaultReadTimeout, idleTimeout: defaultIdleTimeout}
 	h.transport = appservice.NewInProcessTransport(nil)
 
 	var regs []*registration.Registration
@@ -217,7 +230,9 @@ func (h *Hub) Serve(ctx context.Context, ln net.Listener) error {
 
 	srv := &http.Server{
 		Handler:           h.Handler(),
-		ReadHeaderTimeout: readHeaderTimeout,
+		ReadHeaderTimeout: min(readHeaderTimeout, h.readTimeout),
+		ReadTimeout:       h.readTimeout,
+		IdleTimeout:       h.idleTimeout,
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	// Waiting /sync long-polls (up to minutes) answer at once when Shutdown starts instead of holding it up.

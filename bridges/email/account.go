@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"mime"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -166,7 +167,7 @@ func dialIMAPWith(ctx context.Context, dial dialFunc, acct *Account, allowInsecu
 	}
 	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
 	defer stop()
-	_ = conn.SetDeadline(time.Now().Add(dialTimeout))
+	_ = conn.SetDeadline(connDeadline(ctx))
 	var c *imapclient.Client
 	switch srv.Security {
 	case SecurityTLS:
@@ -219,7 +220,7 @@ func dialSMTP(ctx context.Context, acct *Account, allowInsecure bool) (*smtp.Cli
 	}
 	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
 	defer stop()
-	_ = conn.SetDeadline(time.Now().Add(dialTimeout))
+	_ = conn.SetDeadline(connDeadline(ctx))
 	var c *smtp.Client
 	switch srv.Security {
 	case SecurityTLS:
@@ -272,21 +273,49 @@ func heloName(address string) string {
 	return "localhost"
 }
 
-// CheckIMAP logs in to the account's IMAP server and selects INBOX. It returns the INBOX's UIDVALIDITY and
-// UIDNEXT so a new login starts bridging from "now".
+// LoginCheckTimeout bounds each server check of a login (connect, greeting, authentication and, for IMAP,
+// selecting INBOX), so a server that accepts the connection but never answers fails the login quickly.
+const LoginCheckTimeout = 15 * time.Second
+
+// connDeadline is when a freshly dialled connection must have finished its greeting and authentication: the
+// dial timeout, or ctx's deadline if that is sooner.
+func connDeadline(ctx context.Context) time.Time {
+	d := time.Now().Add(dialTimeout)
+	if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
+		return cd
+	}
+	return d
+}
+
+// checkTimedOut replaces err by a clear message when the check ran out of time (checkCtx expired while the
+// caller's ctx did not).
+func checkTimedOut(ctx, checkCtx context.Context, proto, addr string, timeout time.Duration, err error) error {
+	if ctx.Err() == nil && (errors.Is(checkCtx.Err(), context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded)) {
+		return fmt.Errorf("%s server %s did not answer within %s: check the host, port and security", proto, addr, timeout)
+	}
+	return err
+}
+
+// CheckIMAP logs in to the account's IMAP server and selects INBOX, within LoginCheckTimeout. It returns the
+// INBOX's UIDVALIDITY and UIDNEXT so a new login starts bridging from "now".
 func CheckIMAP(ctx context.Context, acct *Account, allowInsecure bool) (MailboxState, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*dialTimeout)
+	return checkIMAP(ctx, acct, allowInsecure, LoginCheckTimeout)
+}
+
+func checkIMAP(parent context.Context, acct *Account, allowInsecure bool, timeout time.Duration) (MailboxState, error) {
+	ctx, cancel := context.WithTimeout(parent, timeout)
 	defer cancel()
 	c, err := dialIMAP(ctx, acct, allowInsecure, nil)
 	if err != nil {
-		return MailboxState{}, err
+		return MailboxState{}, checkTimedOut(parent, ctx, "IMAP", acct.IMAP.Addr(), timeout, err)
 	}
 	defer func() { _ = c.Close() }()
 	stop := context.AfterFunc(ctx, func() { _ = c.Close() })
 	defer stop()
 	sel, err := c.Select("INBOX", &imap.SelectOptions{ReadOnly: true}).Wait()
 	if err != nil {
-		return MailboxState{}, fmt.Errorf("IMAP select INBOX on %s failed: %w", acct.IMAP.Addr(), err)
+		return MailboxState{}, checkTimedOut(parent, ctx, "IMAP", acct.IMAP.Addr(), timeout,
+			fmt.Errorf("IMAP select INBOX on %s failed: %w", acct.IMAP.Addr(), err))
 	}
 	_ = c.Logout().Wait()
 	last := uint32(0)
@@ -296,13 +325,17 @@ func CheckIMAP(ctx context.Context, acct *Account, allowInsecure bool) (MailboxS
 	return MailboxState{UIDValidity: sel.UIDValidity, LastUID: last, Updated: time.Now()}, nil
 }
 
-// CheckSMTP logs in to the account's SMTP server and quits.
+// CheckSMTP logs in to the account's SMTP server and quits, within LoginCheckTimeout.
 func CheckSMTP(ctx context.Context, acct *Account, allowInsecure bool) error {
-	ctx, cancel := context.WithTimeout(ctx, 2*dialTimeout)
+	return checkSMTP(ctx, acct, allowInsecure, LoginCheckTimeout)
+}
+
+func checkSMTP(parent context.Context, acct *Account, allowInsecure bool, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(parent, timeout)
 	defer cancel()
 	c, err := dialSMTP(ctx, acct, allowInsecure)
 	if err != nil {
-		return err
+		return checkTimedOut(parent, ctx, "SMTP", acct.SMTP.Addr(), timeout, err)
 	}
 	_ = c.Quit()
 	return nil

@@ -123,6 +123,13 @@ func testBridgeRoundTrip(t *testing.T, dbc dbConn) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if step.Type != bridgev2.LoginStepTypeDisplayAndWait || !strings.Contains(step.Instructions, "Checking") {
+		t.Fatalf("step after the settings %+v, want a display-and-wait step saying the servers are being checked", step)
+	}
+	step, err = lp.(bridgev2.LoginProcessDisplayAndWait).Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if step.Type != bridgev2.LoginStepTypeComplete || step.CompleteParams.UserLoginID != networkid.UserLoginID(acct.Address) {
 		t.Fatalf("final step %+v", step)
 	}
@@ -322,5 +329,52 @@ func testBridgeRoundTrip(t *testing.T, dbc dbConn) {
 	}
 	if len(bodies) != 1 || !strings.Contains(bodies[0], "m5@remote.test") {
 		t.Fatalf("after restart bridged %d messages %q, want only m5 (before restart: %d)", len(bodies), bodies, before)
+	}
+}
+
+// TestHelpHidesUnsupportedCommandsAndGreetingReadsRight: `help` from a user who has not logged in yet lists
+// login but none of the commands the email bridge cannot do, which still answer (not "Unknown command");
+// and the bot's greeting ("Hello, I'm a <name> bridge bot.") reads right.
+func TestHelpHidesUnsupportedCommandsAndGreetingReadsRight(t *testing.T) {
+	t.Parallel()
+	tb := startTestBridge(t, dbConn{"sqlite3-fk-wal", "file:" + filepath.Join(t.TempDir(), "bridge-email.db") + "?_txlock=immediate"}, t.TempDir())
+	ctx := t.Context()
+	user, err := tb.br.GetUserByMXID(ctx, "@bob:localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const room = id.RoomID("!mgmt:localhost")
+	reply := func(cmd string) string {
+		t.Helper()
+		before := len(tb.fm.roomMessages(room))
+		tb.br.Commands.Handle(ctx, room, "$cmd", user, cmd, "")
+		var body string
+		if !tb.fm.waitFor(5*time.Second, func() bool {
+			msgs := tb.fm.roomMessages(room)
+			if len(msgs) > before {
+				body = msgs[len(msgs)-1].Content.Body
+				return true
+			}
+			return false
+		}) {
+			t.Fatalf("no reply to %q", cmd)
+		}
+		return body
+	}
+	help := reply("help")
+	if !strings.Contains(help, "**login**") {
+		t.Fatalf("help does not list login:\n%s", help)
+	}
+	for _, cmd := range []string{"search", "start-chat", "resolve-identifier", "create-group", "set-profile", "mute", "block-user", "delete-chat"} {
+		if strings.Contains(help, "**"+cmd+"**") {
+			t.Errorf("help lists %s, which the email bridge does not support:\n%s", cmd, help)
+		}
+	}
+	if got := reply("search alice"); !strings.Contains(got, "does not support") && !strings.Contains(got, "requires you to be logged in") {
+		t.Errorf("search answered %q", got)
+	}
+	name := tb.conn.GetName().DisplayName
+	if strings.ContainsRune("AEIOUaeiou", rune(name[0])) {
+		t.Errorf("greeting would read %q", "Hello, I'm a "+name+" bridge bot.")
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"go.mau.fi/util/configupgrade"
 	"maunium.net/go/mautrix/bridgev2"
+	"maunium.net/go/mautrix/bridgev2/commands"
 	"maunium.net/go/mautrix/bridgev2/database"
 
 	"github.com/passerelle/passerelle/configs"
@@ -37,6 +38,8 @@ type Connector struct {
 	// watcher timing; zero means the Watcher defaults. Tests shorten them.
 	commandTimeout time.Duration
 	maxBackoff     time.Duration
+	// checkTimeout bounds each server check of a login; zero means LoginCheckTimeout. Tests shorten it.
+	checkTimeout time.Duration
 }
 
 var (
@@ -75,8 +78,39 @@ func (c *Connector) maxAttachmentBytes() int64 {
 	return limit
 }
 
-// Init implements bridgev2.NetworkConnector.
-func (c *Connector) Init(br *bridgev2.Bridge) { c.br = br }
+func (c *Connector) loginCheckTimeout() time.Duration {
+	if c.checkTimeout > 0 {
+		return c.checkTimeout
+	}
+	return LoginCheckTimeout
+}
+
+// Init implements bridgev2.NetworkConnector. It also hides from `help` the bot commands this bridge cannot do.
+func (c *Connector) Init(br *bridgev2.Bridge) {
+	c.br = br
+	if proc, ok := br.Commands.(*commands.Processor); ok {
+		hideUnsupportedCommands(proc)
+	}
+}
+
+// hideUnsupportedCommands re-registers the built-in commands whose NetworkAPI the email Client does not
+// implement (search, start-chat, …) so that `help` leaves them out even before the user has logged in (bridgev2
+// only checks the NetworkAPI of a logged-in user). Typing one still answers that the bridge does not support it.
+func hideUnsupportedCommands(proc *commands.Processor) {
+	never := func(bridgev2.NetworkConnector) bool { return false }
+	for _, h := range []*commands.FullHandler{
+		commands.CommandRegisterPush, commands.CommandImportImagePack, commands.CommandMute, commands.CommandDeleteChat,
+		commands.CommandBlockUser, commands.CommandSetProfile, commands.CommandResolveIdentifier,
+		commands.CommandStartChat, commands.CommandCreateGroup, commands.CommandSearch,
+	} {
+		if h.NetworkAPI == nil || h.NetworkAPI(&Client{}) {
+			continue
+		}
+		hidden := *h
+		hidden.NetworkConnector = never
+		proc.AddHandler(&hidden)
+	}
+}
 
 // Start implements bridgev2.NetworkConnector: it creates the email tables and makes sure the key file is usable,
 // so a broken data directory fails the start rather than the first login.
@@ -98,7 +132,8 @@ func (c *Connector) Stop() {}
 // GetName implements bridgev2.NetworkConnector.
 func (c *Connector) GetName() bridgev2.BridgeName {
 	return bridgev2.BridgeName{
-		DisplayName:          "Email",
+		// bridgev2 greets with "Hello, I'm a <DisplayName> bridge bot.", so the name must not start with a vowel.
+		DisplayName:          "Passerelle Email",
 		NetworkURL:           "https://datatracker.ietf.org/doc/html/rfc5322",
 		NetworkID:            "email",
 		BeeperBridgeType:     "github.com/passerelle/passerelle/bridges/email",

@@ -21,6 +21,7 @@ const LoginFlowID = "login"
 const (
 	stepAddress  = "net.passerelle.email.address"
 	stepSettings = "net.passerelle.email.settings"
+	stepChecking = "net.passerelle.email.checking"
 	stepComplete = "net.passerelle.email.complete"
 )
 
@@ -60,9 +61,18 @@ type LoginProcess struct {
 	conn    *Connector
 	user    *bridgev2.User
 	address string
+	// pending is the account from the settings step, checked against the servers in Wait.
+	pending *Account
 }
 
-var _ bridgev2.LoginProcessUserInput = (*LoginProcess)(nil)
+var (
+	_ bridgev2.LoginProcessUserInput      = (*LoginProcess)(nil)
+	_ bridgev2.LoginProcessDisplayAndWait = (*LoginProcess)(nil)
+)
+
+// errInsecureRefused is what the security prompt answers to "none" while plaintext is not allowed.
+var errInsecureRefused = errors.New(`security "none" sends your password in clear text and is disabled on this bridge ` +
+	`(bridges.email.allow_insecure is false); choose tls or starttls`)
 
 // Start implements bridgev2.LoginProcess.
 func (lp *LoginProcess) Start(context.Context) (*bridgev2.LoginStep, error) {
@@ -105,6 +115,26 @@ func (lp *LoginProcess) SubmitUserInput(ctx context.Context, input map[string]st
 	if err != nil {
 		return nil, err
 	}
+	lp.pending = acct
+	// Checking the servers can take a while (a server that accepts the connection but never answers costs the
+	// whole check timeout), so the user is told now, and the check runs in Wait.
+	return &bridgev2.LoginStep{
+		Type:   bridgev2.LoginStepTypeDisplayAndWait,
+		StepID: stepChecking,
+		Instructions: fmt.Sprintf("Checking your password with IMAP %s and SMTP %s, this can take up to %s per server…",
+			acct.IMAP.Addr(), acct.SMTP.Addr(), lp.conn.loginCheckTimeout()),
+		DisplayAndWaitParams: &bridgev2.LoginDisplayAndWaitParams{Type: bridgev2.LoginDisplayTypeNothing},
+	}, nil
+}
+
+// Wait implements bridgev2.LoginProcessDisplayAndWait: it checks the settings from the previous step against
+// both servers and stores the login.
+func (lp *LoginProcess) Wait(ctx context.Context) (*bridgev2.LoginStep, error) {
+	acct := lp.pending
+	if acct == nil {
+		return nil, errors.New("no server settings to check")
+	}
+	lp.pending = nil
 	return lp.finish(ctx, acct)
 }
 
@@ -127,7 +157,13 @@ func (lp *LoginProcess) settingsStep() *bridgev2.LoginStep {
 				return "", nil
 			}
 			sec, err := ParseSecurity(s)
-			return string(sec), err
+			if err != nil {
+				return "", err
+			}
+			if sec == SecurityNone && !lp.conn.cfg.AllowInsecure {
+				return "", errInsecureRefused
+			}
+			return string(sec), nil
 		}
 		return f
 	}
@@ -197,6 +233,9 @@ func (lp *LoginProcess) accountFrom(input map[string]string) (*Account, error) {
 			}
 			s.srv.Security = sec
 		}
+		if s.srv.Security == SecurityNone && !lp.conn.cfg.AllowInsecure {
+			return nil, errInsecureRefused
+		}
 		s.srv.Port = DefaultPort(s.proto, s.srv.Security)
 		if v := val(s.port); v != "" {
 			p, err := parsePort(v)
@@ -223,11 +262,11 @@ func (lp *LoginProcess) accountFrom(input map[string]string) (*Account, error) {
 func (lp *LoginProcess) finish(ctx context.Context, acct *Account) (*bridgev2.LoginStep, error) {
 	c := lp.conn
 	insecure := c.cfg.AllowInsecure
-	st, err := CheckIMAP(ctx, acct, insecure)
+	st, err := checkIMAP(ctx, acct, insecure, c.loginCheckTimeout())
 	if err != nil {
 		return nil, err
 	}
-	if err := CheckSMTP(ctx, acct, insecure); err != nil {
+	if err := checkSMTP(ctx, acct, insecure, c.loginCheckTimeout()); err != nil {
 		return nil, err
 	}
 	sealed, err := c.sealer.Seal(acct.Password)

@@ -2,11 +2,13 @@ package email
 
 import (
 	"errors"
+	"net"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 	"go.mau.fi/util/dbutil"
@@ -147,7 +149,10 @@ func TestLoginWrongPasswordGivesClearErrorAndStoresNothing(t *testing.T) {
 	if _, err := lp.SubmitUserInput(t.Context(), map[string]string{fieldEmail: acct.Address}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := lp.SubmitUserInput(t.Context(), loginInput(ms, acct.Address, "wrong-password"))
+	if _, err := lp.SubmitUserInput(t.Context(), loginInput(ms, acct.Address, "wrong-password")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := lp.Wait(t.Context())
 	want := "IMAP login to " + ms.IMAPAddr + " failed: authentication failed"
 	if err == nil || err.Error() != want {
 		t.Fatalf("error %v, want %q", err, want)
@@ -216,5 +221,106 @@ func TestMaxAttachmentBytesFollowsHomeserverLimit(t *testing.T) {
 	c.SetMaxFileSize(100 << 20)
 	if got := c.maxAttachmentBytes(); got != 25<<20 {
 		t.Fatalf("homeserver limit above the config: %d", got)
+	}
+}
+
+// TestLoginRefusesNoneAtTheSecurityPrompt: with allow_insecure off, "none" is refused by the security field's
+// own validation (so the bot re-asks that field) with a message naming the config key, instead of after the
+// password.
+func TestLoginRefusesNoneAtTheSecurityPrompt(t *testing.T) {
+	t.Parallel()
+	for _, insecure := range []bool{false, true} {
+		cfg := configs.Default().Bridges.Email
+		cfg.AllowInsecure = insecure
+		lp := &LoginProcess{conn: NewConnector(cfg)}
+		step, err := lp.SubmitUserInput(t.Context(), map[string]string{fieldEmail: "a@example.org"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checked := 0
+		for _, f := range step.UserInputParams.Fields {
+			if f.ID != fieldIMAPSecurity && f.ID != fieldSMTPSecurity {
+				continue
+			}
+			checked++
+			got, err := f.Validate("None")
+			if insecure {
+				if err != nil || got != "none" {
+					t.Errorf("%s with allow_insecure on: %q, %v", f.ID, got, err)
+				}
+				continue
+			}
+			if err == nil || !strings.Contains(err.Error(), "bridges.email.allow_insecure") {
+				t.Errorf("%s accepted none with allow_insecure off: %q, %v", f.ID, got, err)
+			}
+			if got, err := f.Validate("starttls"); err != nil || got != "starttls" {
+				t.Errorf("%s refused starttls: %q, %v", f.ID, got, err)
+			}
+		}
+		if checked != 2 {
+			t.Fatalf("found %d security fields", checked)
+		}
+	}
+}
+
+// TestLoginSilentServerTimesOutQuicklyWithClearMessage: a server that accepts TCP but never greets fails the
+// check within the check timeout, naming host:port, for every security mode; and the user has already been
+// told the servers are being checked.
+func TestLoginSilentServerTimesOutQuicklyWithClearMessage(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { _ = conn.Close() }) // hold it open, say nothing
+		}
+	}()
+	addr := ln.Addr().(*net.TCPAddr)
+	c := newTestConnector(t, true)
+	c.checkTimeout = 1500 * time.Millisecond
+	for _, sec := range []string{"none", "tls", "starttls"} {
+		lp := &LoginProcess{conn: c}
+		if _, err := lp.SubmitUserInput(t.Context(), map[string]string{fieldEmail: "a@example.org"}); err != nil {
+			t.Fatal(err)
+		}
+		step, err := lp.SubmitUserInput(t.Context(), map[string]string{
+			fieldIMAPHost: "127.0.0.1", fieldIMAPPort: strconv.Itoa(addr.Port), fieldIMAPSecurity: sec,
+			fieldSMTPHost: "127.0.0.1", fieldSMTPPort: strconv.Itoa(addr.Port), fieldSMTPSecurity: sec,
+			fieldPassword: "pw",
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if step.Type != bridgev2.LoginStepTypeDisplayAndWait || !strings.Contains(step.Instructions, "Checking") ||
+			!strings.Contains(step.Instructions, addr.String()) {
+			t.Fatalf("%s: step before the check %+v", sec, step)
+		}
+		start := time.Now()
+		_, err = lp.Wait(t.Context())
+		took := time.Since(start)
+		want := "IMAP server " + addr.String() + " did not answer within 1.5s"
+		if err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("%s: error %v, want %q", sec, err, want)
+		}
+		if took > 4*time.Second {
+			t.Errorf("%s: the check took %s", sec, took)
+		}
+		start = time.Now()
+		acct := &Account{Address: "a@example.org", SMTP: Server{Host: "127.0.0.1", Port: addr.Port, Security: Security(sec)},
+			Username: "a", Password: "pw"}
+		err = checkSMTP(t.Context(), acct, true, 1500*time.Millisecond)
+		if want := "SMTP server " + addr.String() + " did not answer within 1.5s"; err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("%s: SMTP error %v, want %q", sec, err, want)
+		}
+		if took := time.Since(start); took > 4*time.Second {
+			t.Errorf("%s: the SMTP check took %s", sec, took)
+		}
 	}
 }

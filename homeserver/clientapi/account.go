@@ -1,6 +1,7 @@
 package clientapi
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -224,8 +225,28 @@ func (a *API) loginUser(req *loginReq) (id.UserID, error) {
 
 func (a *API) login(w http.ResponseWriter, r *http.Request) {
 	var req loginReq
-	if err := ReadJSON(r, &req); err != nil {
+	body, err := ReadBody(r)
+	if err != nil {
 		RespondError(w, r, err)
+		return
+	}
+	// A login needs at least a type: an empty body is not the JSON object the spec asks for (M_NOT_JSON).
+	if len(bytes.TrimSpace(body)) == 0 {
+		RespondError(w, r, mxerr.NotJSON("request body must be a JSON object"))
+		return
+	}
+	if err := DecodeJSON(body, &req); err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	// Unknown login types are refused before the identifier is looked at (400 M_UNKNOWN, as the spec says).
+	switch req.Type {
+	case string(mautrix.AuthTypePassword), string(mautrix.AuthTypeAppservice):
+	case "":
+		RespondError(w, r, mxerr.MissingParam("type is required"))
+		return
+	default:
+		RespondError(w, r, mxerr.Unknown("unsupported login type %q", req.Type))
 		return
 	}
 	ctx := r.Context()

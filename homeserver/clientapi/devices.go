@@ -3,7 +3,6 @@ package clientapi
 import (
 	"net/http"
 
-	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/passerelle/passerelle/homeserver/mxerr"
@@ -48,13 +47,7 @@ func (a *API) putDevice(w http.ResponseWriter, r *http.Request, au *Auth) {
 // account password (m.login.password) proves that a stolen access token alone cannot log out other sessions.
 func (a *API) deleteDevice(w http.ResponseWriter, r *http.Request, au *Auth) {
 	var req struct {
-		Auth *struct {
-			Type       string `json:"type"`
-			Password   string `json:"password"`
-			Identifier struct {
-				User string `json:"user"`
-			} `json:"identifier"`
-		} `json:"auth"`
+		Auth *uiaPassword `json:"auth"`
 	}
 	if err := ReadJSON(r, &req); err != nil {
 		RespondError(w, r, err)
@@ -66,17 +59,8 @@ func (a *API) deleteDevice(w http.ResponseWriter, r *http.Request, au *Auth) {
 		RespondError(w, r, err)
 		return
 	}
-	if au.AS == nil {
-		if req.Auth == nil || req.Auth.Type != string(mautrix.AuthTypePassword) {
-			flows := uiaFlows()
-			flows["flows"] = []map[string]any{{"stages": []string{string(mautrix.AuthTypePassword)}}}
-			RespondJSON(w, http.StatusUnauthorized, flows)
-			return
-		}
-		if err := a.users.CheckPassword(ctx, au.User, req.Auth.Password); err != nil {
-			RespondError(w, r, err)
-			return
-		}
+	if au.AS == nil && !a.checkUIAPassword(w, r, au.User, req.Auth) {
+		return
 	}
 	if err := a.users.DeleteDevice(ctx, au.User, dev); err != nil {
 		RespondError(w, r, err)

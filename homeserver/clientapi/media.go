@@ -4,6 +4,7 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/passerelle/passerelle/homeserver/mxerr"
 )
@@ -11,6 +12,10 @@ import (
 func (a *API) mediaConfig(w http.ResponseWriter, r *http.Request, _ *Auth) {
 	RespondJSON(w, http.StatusOK, map[string]int64{"m.upload.size": a.media.MaxBytes()})
 }
+
+// uploadReadTimeout is how long a media upload's body may take to arrive: enough for the largest allowed upload
+// (tens of MiB) at a slow mobile rate of ~100 KiB/s, while a stalled upload still ends eventually.
+const uploadReadTimeout = 10 * time.Minute
 
 func (a *API) upload(w http.ResponseWriter, r *http.Request, au *Auth) {
 	if r.ContentLength > a.media.MaxBytes() {
@@ -24,6 +29,9 @@ func (a *API) upload(w http.ResponseWriter, r *http.Request, au *Auth) {
 			return
 		}
 	}
+	// The HTTP server's read timeout (hub: 60 s) is sized for small JSON bodies; a large upload on a slow link
+	// needs longer, so give it uploadReadTimeout from now (ignored when the server does not support deadlines).
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(uploadReadTimeout))
 	filename := r.URL.Query().Get("filename")
 	uri, err := a.media.Upload(r.Context(), au.User, ct, filename, r.Body)
 	if err != nil {

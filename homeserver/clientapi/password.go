@@ -18,16 +18,24 @@ type uiaPassword struct {
 	Password string `json:"password"`
 }
 
-// checkUIAPassword answers false (and writes the 401 challenge or the 403) unless auth proves the password.
+// checkUIAPassword answers false (and writes the 401 challenge) unless auth proves the password. A wrong
+// password is also a 401 carrying the flows plus errcode/error, as the spec's user-interactive auth says for a
+// failed stage (not a bare 403), so clients can prompt again.
 func (a *API) checkUIAPassword(w http.ResponseWriter, r *http.Request, user id.UserID, auth *uiaPassword) bool {
+	flows := uiaFlows()
+	flows["flows"] = []map[string]any{{"stages": []string{string(mautrix.AuthTypePassword)}}}
 	if auth == nil || auth.Type != string(mautrix.AuthTypePassword) {
-		flows := uiaFlows()
-		flows["flows"] = []map[string]any{{"stages": []string{string(mautrix.AuthTypePassword)}}}
 		RespondJSON(w, http.StatusUnauthorized, flows)
 		return false
 	}
 	if err := a.users.CheckPassword(r.Context(), user, auth.Password); err != nil {
-		RespondError(w, r, err)
+		e := mxerr.As(err)
+		if e == nil || e.Code != "M_FORBIDDEN" {
+			RespondError(w, r, err)
+			return false
+		}
+		flows["errcode"], flows["error"] = e.Code, e.Message
+		RespondJSON(w, http.StatusUnauthorized, flows)
 		return false
 	}
 	return true

@@ -182,4 +182,3 @@ func (a *API) threads(w http.ResponseWriter, r *http.Request, au *Auth) {
 	}
 	RespondJSON(w, http.StatusOK, resp)
 }
-

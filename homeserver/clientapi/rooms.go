@@ -1,6 +1,7 @@
 package clientapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"math"
@@ -13,6 +14,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/passerelle/passerelle/homeserver/internal/canonicaljson"
 	"github.com/passerelle/passerelle/homeserver/mxerr"
 	"github.com/passerelle/passerelle/homeserver/rooms"
 	hsync "github.com/passerelle/passerelle/homeserver/sync"
@@ -133,6 +135,14 @@ func (a *API) join(w http.ResponseWriter, r *http.Request, au *Auth) {
 		RespondError(w, r, err)
 		return
 	}
+	// Joining a room one is already in changes nothing: answer with the room and store no new event.
+	if m, _, err := a.rooms.MembershipOf(ctx, roomID, au.User); err != nil {
+		RespondError(w, r, err)
+		return
+	} else if m == "join" {
+		RespondJSON(w, http.StatusOK, mautrix.RespJoinRoom{RoomID: roomID})
+		return
+	}
 	_, err = a.rooms.SetMembership(ctx, rooms.MembershipRequest{
 		RoomID: roomID, Sender: au.User, Target: au.User, Membership: "join", Reason: req.Reason,
 		Content: a.profileContent(ctx, au.User), TS: ts, DeviceID: au.Device,
@@ -185,7 +195,31 @@ func (a *API) membershipOf(action string) authHandler {
 				return
 			}
 		case "invite":
+			// We have no federation: a remote invitee could never receive the invite. A local one must exist.
+			if _, server, _ := req.UserID.ParseAndValidateRelaxed(); server != a.cfg.ServerName {
+				RespondError(w, r, mxerr.Forbidden("cannot invite %s: this server does not federate with %s", req.UserID, server))
+				return
+			}
+			if ok, err := a.users.Exists(r.Context(), req.UserID); err != nil {
+				RespondError(w, r, err)
+				return
+			} else if !ok {
+				RespondError(w, r, mxerr.NotFound("unknown user %s", req.UserID))
+				return
+			}
 			content = a.profileContent(r.Context(), req.UserID)
+		case "leave":
+			// A kick removes someone who is in the room (or invited or knocking); kicking a user who never
+			// joined or already left is refused, as Synapse and Complement expect.
+			m, _, err := a.rooms.MembershipOf(r.Context(), roomID, req.UserID)
+			if err != nil {
+				RespondError(w, r, err)
+				return
+			}
+			if m != "join" && m != "invite" && m != "knock" {
+				RespondError(w, r, mxerr.Forbidden("%s is not in the room", req.UserID))
+				return
+			}
 		}
 		_, err = a.rooms.SetMembership(r.Context(), rooms.MembershipRequest{
 			RoomID: roomID, Sender: au.User, Target: req.UserID, Membership: membership, Reason: req.Reason,
@@ -313,6 +347,10 @@ func (a *API) putState(w http.ResponseWriter, r *http.Request, au *Auth) {
 		RespondError(w, r, err)
 		return
 	}
+	if prev := a.sameState(r.Context(), roomID, au.User, evType, stateKey, content); prev != "" {
+		RespondJSON(w, http.StatusOK, mautrix.RespSendEvent{EventID: prev})
+		return
+	}
 	ev, err := a.rooms.Send(r.Context(), rooms.SendRequest{
 		RoomID: roomID, Sender: au.User, Type: evType, StateKey: &stateKey, Content: content, TS: ts, DeviceID: au.Device,
 	})
@@ -321,6 +359,25 @@ func (a *API) putState(w http.ResponseWriter, r *http.Request, au *Auth) {
 		return
 	}
 	RespondJSON(w, http.StatusOK, mautrix.RespSendEvent{EventID: ev.ID})
+}
+
+// sameState returns the ID of the current state event (evType, stateKey) when sender, still joined, sent it
+// with the same content: setting it again would change nothing, so no new event is stored (as Synapse does,
+// and Complement's TestRoomCreationReportsEventsToMyself expects). Otherwise, or on any error, "".
+func (a *API) sameState(ctx context.Context, room id.RoomID, sender id.UserID, evType, stateKey string, content json.RawMessage) id.EventID {
+	cur, err := a.rooms.StateEvent(ctx, room, evType, stateKey)
+	if err != nil || cur == nil || cur.Sender != sender || cur.Redacted {
+		return ""
+	}
+	if m, _, err := a.rooms.MembershipOf(ctx, room, sender); err != nil || m != "join" {
+		return ""
+	}
+	newC, err1 := canonicaljson.Canonicalize(content)
+	oldC, err2 := canonicaljson.Canonicalize(cur.Content)
+	if err1 != nil || err2 != nil || !bytes.Equal(newC, oldC) {
+		return ""
+	}
+	return cur.ID
 }
 
 // readableUpTo returns the newest stream position of room that user may read: everything while joined, up to

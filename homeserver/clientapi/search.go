@@ -155,7 +155,6 @@ func searchRank(ev *rooms.Event, words []string) float64 {
 	return float64(n)
 }
 
-
 // searchContext returns the events around a search result (events_before newest first, events_after oldest
 // first) and /messages tokens for its start and end. Results come only from joined rooms, so every event of
 // the room up to now is readable.

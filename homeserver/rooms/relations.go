@@ -237,7 +237,8 @@ func (s *Service) Threads(ctx context.Context, roomID id.RoomID, q ThreadsQuery)
 // Bundle returns evs with the spec's bundled aggregations in unsigned["m.relations"], as user sees them when
 // they may read up to stream position upTo (math.MaxInt64 for a joined member):
 //   - "m.replace": the latest edit (by origin_server_ts, then event ID) sent by the original's sender;
-//   - "m.thread": {latest_event, count, current_user_participated} for a thread root.
+//   - "m.thread": {latest_event, count, current_user_participated} for a thread root;
+//   - "m.reference": {chunk: [{event_id}]} of the events referencing it.
 //
 // Events that gain an aggregation are copied; evs and the events in it are not modified. Redacted and state
 // events get none.
@@ -347,22 +348,24 @@ func (s *Service) bundleChunk(ctx context.Context, roomID id.RoomID, targets []*
 	type edit struct {
 		target, id id.EventID
 		sender     id.UserID
+		evType     string
 		ts         int64
 	}
 	latest := map[id.EventID]edit{}
-	rows, err = s.db.Query(ctx, `SELECT relates_to, event_id, sender, origin_server_ts FROM rooms_relations
+	rows, err = s.db.Query(ctx, `SELECT relates_to, event_id, sender, type, origin_server_ts FROM rooms_relations
 		WHERE room_id = $1 AND rel_type = 'm.replace' AND stream_pos <= $2 AND relates_to IN (`+in+`)`, args...)
 	if err != nil {
 		return fmt.Errorf("aggregate edits in %s: %w", roomID, err)
 	}
 	for rows.Next() {
 		var e edit
-		if err = rows.Scan(&e.target, &e.id, &e.sender, &e.ts); err != nil {
+		if err = rows.Scan(&e.target, &e.id, &e.sender, &e.evType, &e.ts); err != nil {
 			rows.Close()
 			return fmt.Errorf("aggregate edits in %s: %w", roomID, err)
 		}
+		// The spec's validity rules: same sender and same event type as the original.
 		orig := byID[e.target]
-		if orig == nil || e.sender != orig.Sender {
+		if orig == nil || e.sender != orig.Sender || e.evType != orig.Type {
 			continue
 		}
 		if cur, ok := latest[e.target]; !ok || cmp.Or(cmp.Compare(e.ts, cur.ts), strings.Compare(string(e.id), string(cur.id))) > 0 {
@@ -378,8 +381,31 @@ func (s *Service) bundleChunk(ctx context.Context, roomID id.RoomID, targets []*
 		if err != nil {
 			return err
 		}
-		c := ev.client(time.Now())
-		add(target, RelReplace, c)
+		add(target, RelReplace, ev.client(time.Now()))
+	}
+
+	// References: the IDs of the referencing events, oldest first.
+	rows, err = s.db.Query(ctx, `SELECT relates_to, event_id FROM rooms_relations
+		WHERE room_id = $1 AND rel_type = 'm.reference' AND stream_pos <= $2 AND relates_to IN (`+in+`)
+		ORDER BY stream_pos`, args...)
+	if err != nil {
+		return fmt.Errorf("aggregate references in %s: %w", roomID, err)
+	}
+	refs := map[id.EventID][]map[string]id.EventID{}
+	for rows.Next() {
+		var target, ref id.EventID
+		if err = rows.Scan(&target, &ref); err != nil {
+			rows.Close()
+			return fmt.Errorf("aggregate references in %s: %w", roomID, err)
+		}
+		refs[target] = append(refs[target], map[string]id.EventID{"event_id": ref})
+	}
+	rows.Close()
+	if err = rows.Err(); err != nil {
+		return fmt.Errorf("aggregate references in %s: %w", roomID, err)
+	}
+	for target, chunk := range refs {
+		add(target, RelReference, map[string]any{"chunk": chunk})
 	}
 	return nil
 }

@@ -38,11 +38,14 @@ func TestRelationsThreadsBundleSearch(t *testing.T) {
 		thread1 := must[*Event](t)(s.Send(ctx, relReq(room, uBob, "m.room.message", RelThread, root.ID, `"body":"in thread",`)))
 		react2 := must[*Event](t)(s.Send(ctx, relReq(room, uAlice, "m.reaction", RelAnnotation, root.ID, "")))
 		thread2 := must[*Event](t)(s.Send(ctx, relReq(room, uBob, "m.room.message", RelThread, root.ID, `"body":"second reply",`)))
+		// An edit of another type is not a valid edit either.
+		must[*Event](t)(s.Send(ctx, relReq(room, uAlice, "m.sticker", RelReplace, root.ID, `"body":"* sticker",`)))
+		ref := must[*Event](t)(s.Send(ctx, relReq(room, uBob, "m.key.verification.done", RelReference, root.ID, "")))
 		// A reaction to a thread reply: depth 2 from the root.
 		deep := must[*Event](t)(s.Send(ctx, relReq(room, uAlice, "m.reaction", RelAnnotation, thread1.ID, "")))
 
 		all, next, err := s.Relations(ctx, room, root.ID, RelationsQuery{Limit: 100, UpTo: math.MaxInt64})
-		if err != nil || next != 0 || len(all) != 7 || all[0].ID != thread2.ID {
+		if err != nil || next != 0 || len(all) != 9 || all[0].ID != ref.ID {
 			t.Fatalf("all relations: %v next %d err %v", ids(all), next, err)
 		}
 		reactions := must[[]*Event](t)(func() ([]*Event, error) {
@@ -66,7 +69,7 @@ func TestRelationsThreadsBundleSearch(t *testing.T) {
 			}
 			q.From, q.HasFrom = next, true
 		}
-		if len(seen) != 7 || seen[6] != react1.ID {
+		if len(seen) != 9 || seen[8] != react1.ID {
 			t.Fatalf("paged relations %v", seen)
 		}
 		fwd, next, err := s.Relations(ctx, room, root.ID, RelationsQuery{Dir: 'f', Limit: 3})
@@ -114,6 +117,10 @@ func TestRelationsThreadsBundleSearch(t *testing.T) {
 		}
 		if rel.Thread == nil || rel.Thread.Count != 2 || rel.Thread.Latest.EventID != thread2.ID || !rel.Thread.Participated {
 			t.Fatalf("thread summary %+v", rel.Thread)
+		}
+		if refs, _ := bundled[0].Unsigned["m.relations"].(map[string]any)["m.reference"].(map[string]any); refs == nil ||
+			fmt.Sprint(refs["chunk"]) != fmt.Sprint([]map[string]id.EventID{{"event_id": ref.ID}}) {
+			t.Fatalf("bundled references %v", refs)
 		}
 		if bundled[1] != thread1 {
 			t.Fatalf("an event without aggregations was copied")

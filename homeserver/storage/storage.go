@@ -7,7 +7,9 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -44,7 +46,13 @@ func Open(ctx context.Context, cfg configs.Database, dataDir, name string, log z
 			return nil, fmt.Errorf("create data directory %s: %w", dataDir, err)
 		}
 		path := filepath.Join(dataDir, name+".db")
-		driver, uri, maxConns = sqliteDriver, "file:"+path+"?_txlock=immediate", sqliteMaxConns
+		if err := restrictFiles(path); err != nil {
+			return nil, fmt.Errorf("open database %s: %w", name, err)
+		}
+		// _secure_delete=on makes SQLite overwrite deleted or replaced content with zeros, so that a redacted
+		// message (which may hold a password someone pasted) does not survive in free pages of the file once
+		// the WAL is checkpointed.
+		driver, uri, maxConns = sqliteDriver, "file:"+path+"?_txlock=immediate&_secure_delete=on", sqliteMaxConns
 	case "postgres", "postgresql", "pgx":
 		if cfg.URI == "" {
 			return nil, fmt.Errorf("open database %s: database.uri is empty for postgres", name)
@@ -71,4 +79,23 @@ func Open(ctx context.Context, cfg configs.Database, dataDir, name string, log z
 		return nil, fmt.Errorf("connect to database %s: %w", name, err)
 	}
 	return db, nil
+}
+
+// restrictFiles makes the SQLite database at path readable by its owner only: it creates the file with mode
+// 0600 when missing (SQLite then gives its -wal and -shm files the same mode) and tightens an existing file and
+// its -wal/-shm companions, which older versions created with the umask's default.
+func restrictFiles(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		if err := os.Chmod(p, 0o600); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("restrict permissions of %s: %w", p, err)
+		}
+	}
+	return nil
 }

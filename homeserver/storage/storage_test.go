@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"testing"
@@ -76,5 +77,71 @@ func TestOpenErrors(t *testing.T) {
 				t.Fatal("opened")
 			}
 		})
+	}
+}
+
+// TestSQLiteSecureDeleteAndPrivateFiles: deleted rows are zeroed (secure_delete) and the database files are
+// readable by the owner only, also when an older file was created with a wider mode.
+func TestSQLiteSecureDeleteAndPrivateFiles(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "homeserver.db")
+	for _, p := range []string{path, path + "-wal"} {
+		if err := os.WriteFile(p, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db, err := Open(t.Context(), configs.Database{Type: "sqlite"}, dir, "homeserver", zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var sd int
+	if err = db.QueryRow(t.Context(), `PRAGMA secure_delete`).Scan(&sd); err != nil || sd != 1 {
+		t.Fatalf("secure_delete = %d, %v", sd, err)
+	}
+	ctx := t.Context()
+	const secret = "hunter2-secure-delete-marker-7f3a"
+	if _, err = db.Exec(ctx, `CREATE TABLE s (k TEXT PRIMARY KEY, v TEXT NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err = db.Exec(ctx, `INSERT INTO s (k, v) VALUES ('a', $1), ('b', 'keep')`, secret); err != nil {
+		t.Fatal(err)
+	}
+	if _, err = db.Exec(ctx, `DELETE FROM s WHERE k = 'a'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err = db.Exec(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		st, err := os.Stat(p)
+		if err != nil {
+			continue
+		}
+		if st.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", filepath.Base(p), st.Mode().Perm())
+		}
+		data, _ := os.ReadFile(p)
+		if bytes.Contains(data, []byte(secret)) {
+			t.Errorf("%s still contains the deleted secret", filepath.Base(p))
+		}
+	}
+}
+
+// TestSQLiteNewFileIsPrivate: a database created from scratch is 0600 whatever the umask allows.
+func TestSQLiteNewFileIsPrivate(t *testing.T) {
+	dir := t.TempDir()
+	db, err := Open(t.Context(), configs.Database{Type: "sqlite"}, dir, "bridge-x", zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	roundTrip(t, db)
+	st, err := os.Stat(filepath.Join(dir, "bridge-x.db"))
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v, %v", st.Mode().Perm(), err)
 	}
 }

@@ -300,7 +300,7 @@ func (p *parser) leaf(h header, ct string, params map[string]string, disp, filen
 		if att.Filename == "" {
 			inner, _ := splitHeader(body, &[]string{}, false)
 			sub, _ := decodeHeader(inner.get("Subject"))
-			att.Filename = cleanFilename(sub)
+			att.Filename = cleanName(sub)
 			if att.Filename == "" {
 				att.Filename = "message"
 			}
@@ -433,9 +433,21 @@ func decodedSize(cte string, body []byte) (int64, bool) {
 	return 0, false
 }
 
-// cleanFilename keeps the last path element of a file name and removes
-// control characters.
+// cleanFilename keeps the base name of a file name ("../../etc/report.pdf"
+// and "C:\\Users\\a\\report.pdf" are "report.pdf"), then cleans it like
+// cleanName.
 func cleanFilename(s string) string {
+	s = strings.TrimRight(s, "/\\ ")
+	if i := strings.LastIndexAny(s, "/\\"); i >= 0 {
+		s = s[i+1:]
+	}
+	return cleanName(s)
+}
+
+// cleanName makes a text (a file name without directories, or a subject)
+// usable as a file name: control characters and path separators become "_",
+// and "." and ".." become empty.
+func cleanName(s string) string {
 	s = strings.ToValidUTF8(s, "\uFFFD")
 	s = strings.Map(func(r rune) rune {
 		if r < 0x20 || r == 0x7f || r == '/' || r == '\\' {

@@ -301,3 +301,40 @@ func TestParseFromReadSeeker(t *testing.T) {
 		t.Fatalf("got %+v, %v", e, err)
 	}
 }
+
+// TestParseAttachmentPathKeepsBaseName: an attachment named with directories keeps only its base name, and
+// the other cleaning rules still apply.
+func TestParseAttachmentPathKeepsBaseName(t *testing.T) {
+	t.Parallel()
+	e := parseString(t, `From: a@example.com
+Content-Type: multipart/mixed; boundary=b
+
+--b
+Content-Type: text/plain
+
+see attached
+--b
+Content-Type: application/pdf
+Content-Disposition: attachment; filename="../../etc/report.pdf"
+
+%PDF
+--b--
+`, ParseOptions{})
+	if len(e.Attachments) != 1 || e.Attachments[0].Filename != "report.pdf" {
+		t.Fatalf("attachments %+v, want one named report.pdf", e.Attachments)
+	}
+	for in, want := range map[string]string{
+		"../../etc/report.pdf":       "report.pdf",
+		`C:\Users\a\Q3 report.xlsx`:  "Q3 report.xlsx",
+		"/abs/dir/":                  "dir",
+		"a/..":                       "",
+		"..":                         "",
+		"tab\tname.txt":              "tab_name.txt",
+		"plain.txt":                  "plain.txt",
+		"dir/bad\r\nX-Header: y.txt": "bad__X-Header: y.txt",
+	} {
+		if got := cleanFilename(in); got != want {
+			t.Errorf("cleanFilename(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
