@@ -226,7 +226,10 @@ func (b *hosted) start(ctx context.Context) error {
 		b.setState(StateFailed, err)
 		return err
 	}
-	go b.bridge.PostStart(ctx)
+	// PostStart gets a private logger copy: mautrix v0.33.0's command processor updates a context logger in place
+	// (commands/processor.go handleCommand), and -race caught that write racing with PostStart's database logging
+	// through the start context's logger when a command arrived right after start.
+	go b.bridge.PostStart(b.bridge.Log.With().Logger().WithContext(ctx))
 	b.setState(StateRunning, nil)
 	b.bridge.Log.Info().Msg("In-process bridge running")
 	return nil

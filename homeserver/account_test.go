@@ -164,7 +164,7 @@ func TestDevices(t *testing.T) {
 		}
 		status, body = e.do("DELETE", "/_matrix/client/v3/devices/PHONE", alice.AccessToken,
 			`{"auth":{"type":"m.login.password","password":"wrong"}}`)
-		if status != 403 {
+		if status != 401 || body["errcode"] != "M_FORBIDDEN" || body["flows"] == nil {
 			t.Fatalf("delete with a wrong password: %d %v", status, body)
 		}
 		status, body = e.do("DELETE", "/_matrix/client/v3/devices/PHONE", alice.AccessToken,

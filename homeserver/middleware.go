@@ -42,6 +42,13 @@ func middleware(mux *http.ServeMux, log zerolog.Logger) http.Handler {
 			}
 			rlog.Debug().Int("status", sw.status).Dur("took", time.Since(start)).Msg("request")
 		}()
+		// For a path with "..", "." or "//" segments the mux answers with an HTML redirect to the cleaned
+		// path; no Matrix endpoint has such paths (and following the redirect could reach another resource,
+		// e.g. /download/x/../../etc/passwd), so answer 404 M_UNRECOGNIZED in JSON instead.
+		if r.Method != http.MethodConnect && cleanPath(r.URL.Path) != r.URL.Path {
+			clientapi.RespondError(sw, r, mxerr.Unrecognized("unrecognized request"))
+			return
+		}
 		handler, pattern := mux.Handler(r)
 		if pattern == "" {
 			// The mux's own 404/405 handlers write plain text; answer in JSON instead, keeping their status
@@ -53,13 +60,6 @@ func middleware(mux *http.ServeMux, log zerolog.Logger) http.Handler {
 			}
 			if probe.status == http.StatusMethodNotAllowed {
 				clientapi.RespondError(sw, r, mxerr.New(http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "method not allowed on this endpoint"))
-				return
-			}
-			// For a path with "..", "." or "//" segments the mux answers with an HTML redirect to the cleaned
-			// path; no Matrix endpoint has such paths (and following it could reach another resource, e.g.
-			// /download/x/../../etc/passwd), so answer 404 M_UNRECOGNIZED in JSON instead.
-			if probe.status >= 300 && probe.status < 400 && path.Clean(r.URL.Path) != r.URL.Path {
-				clientapi.RespondError(sw, r, mxerr.Unrecognized("unrecognized request"))
 				return
 			}
 			if probe.status == http.StatusNotFound || probe.status == 0 {
@@ -111,3 +111,18 @@ type probeWriter struct {
 func (p *probeWriter) Header() http.Header         { return p.header }
 func (p *probeWriter) WriteHeader(code int)        { p.status = code }
 func (p *probeWriter) Write(b []byte) (int, error) { return len(b), nil }
+
+// cleanPath is the path ServeMux would redirect to: path.Clean, rooted, keeping a trailing slash.
+func cleanPath(p string) string {
+	if p == "" {
+		return "/"
+	}
+	if p[0] != '/' {
+		p = "/" + p
+	}
+	np := path.Clean(p)
+	if p[len(p)-1] == '/' && np != "/" {
+		np += "/"
+	}
+	return np
+}

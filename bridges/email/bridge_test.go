@@ -220,6 +220,26 @@ func testBridgeRoundTrip(t *testing.T, dbc dbConn) {
 	}) {
 		t.Error("the malformed mail was not bridged, or lost its text")
 	}
+	// A mail whose From is unreadable is still posted by a correspondent ghost, never by the bridge bot.
+	garbled := "From: garbage <<<>>>\r\nTo: <" + acct.Address + ">\r\nSubject: Garbled sender\r\n" +
+		"Message-ID: <garbled@remote.test>\r\n\r\nwho sent this?\r\n"
+	ms.Deliver(t, bob, []string{acct.Address}, []byte(garbled))
+	var garbledMsg fakeMsg
+	if !tb.fm.waitFor(20*time.Second, func() bool {
+		r := tb.fm.roomNamed("Garbled sender")
+		if r == nil || len(tb.fm.roomMessages(r.ID)) == 0 {
+			return false
+		}
+		garbledMsg = tb.fm.roomMessages(r.ID)[0]
+		return true
+	}) {
+		t.Fatal("the mail with an unreadable From was not bridged")
+	}
+	if ghostID, ok := tb.fm.ParseGhostMXID(garbledMsg.Sender); !ok || ghostID == "" {
+		t.Errorf("the mail with an unreadable From was posted by %s, want a correspondent ghost", garbledMsg.Sender)
+	} else {
+		t.Logf("unreadable From posted by the ghost %q", ghostID)
+	}
 
 	// The user answers from Matrix.
 	portal, err := tb.br.GetExistingPortalByKey(ctx, networkid.PortalKey{ID: "m1@remote.test", Receiver: networkid.UserLoginID(acct.Address)})
@@ -227,6 +247,9 @@ func testBridgeRoundTrip(t *testing.T, dbc dbConn) {
 		t.Fatalf("portal of the thread: %v %v", portal, err)
 	}
 	login := tb.br.GetCachedUserLoginByID(networkid.UserLoginID(acct.Address))
+	tb.fm.mu.Lock()
+	tb.fm.memberNames[alice] = "Alice Liddell"
+	tb.fm.mu.Unlock()
 	evt := &event.Event{ID: "$matrix-reply-1", RoomID: room, Sender: alice, Timestamp: time.Now().UnixMilli(), Type: event.EventMessage}
 	resp, err := login.Client.HandleMatrixMessage(ctx, &bridgev2.MatrixMessage{MatrixEventBase: bridgev2.MatrixEventBase[*event.MessageEventContent]{
 		Event: evt, Content: &event.MessageEventContent{MsgType: event.MsgText, Body: "Friday works for me."}, Portal: portal}})
@@ -247,6 +270,10 @@ func testBridgeRoundTrip(t *testing.T, dbc dbConn) {
 		}
 		if v := headerValue(got, "Subject"); v != "Re: Lunch on Friday?" {
 			t.Errorf("%s: Subject %q", who.addr, v)
+		}
+		// The From header carries the Matrix sender's display name with the login's address.
+		if v := headerValue(got, "From"); v != `"Alice Liddell" <`+acct.Address+">" && v != "Alice Liddell <"+acct.Address+">" {
+			t.Errorf("%s: From %q, want Alice's display name and %s", who.addr, v, acct.Address)
 		}
 	}
 	if sent := ms.WaitMessages(t, acct.Address, acct.Password, "Sent", 1, 10*time.Second); headerValue(sent[0], "Message-ID") != "<"+wantID+">" {

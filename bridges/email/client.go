@@ -197,13 +197,48 @@ func (cl *Client) GetCapabilities(context.Context, *bridgev2.Portal) *event.Room
 	}
 }
 
-// GetUserInfo implements bridgev2.NetworkAPI. A ghost's ID is the correspondent's address; its name is the
-// display name last seen in a header, else the address.
+// GetUserInfo implements bridgev2.NetworkAPI. A ghost's ID is the correspondent's address (or, for a mail
+// whose author headers hold no address, see unreadableSenderID); its name is the display name last seen in a
+// header, else the ID.
 func (cl *Client) GetUserInfo(_ context.Context, ghost *bridgev2.Ghost) (*bridgev2.UserInfo, error) {
 	addr := string(ghost.ID)
 	name := cl.conn.nameOf(addr)
 	isBot := false
-	return &bridgev2.UserInfo{Identifiers: []string{"mailto:" + addr}, Name: &name, IsBot: &isBot}, nil
+	var idents []string
+	if strings.Contains(addr, "@") {
+		idents = []string{"mailto:" + addr}
+	}
+	return &bridgev2.UserInfo{Identifiers: idents, Name: &name, IsBot: &isBot}, nil
+}
+
+// unreadableSenderPrefix starts the ghost ID of an author with no readable address. It holds no "@", so it
+// cannot collide with a real address, and such a ghost is never a reply recipient.
+const unreadableSenderPrefix = "unreadable-sender."
+
+// unreadableSenderID names the ghost of a mail whose From, Sender, Reply-To and Return-Path hold no address:
+// the raw From text reduced to lower-case letters, digits and dashes, so the same broken sender always gets the
+// same ghost.
+func unreadableSenderID(raw string) networkid.UserID {
+	var b strings.Builder
+	dash := false
+	for _, r := range strings.ToLower(raw) {
+		if r < 0x80 && (r >= 'a' && r <= 'z' || r >= '0' && r <= '9') {
+			if dash && b.Len() > 0 {
+				b.WriteByte('-')
+			}
+			dash = false
+			b.WriteRune(r)
+			if b.Len() >= 64 {
+				break
+			}
+		} else {
+			dash = true
+		}
+	}
+	if b.Len() == 0 {
+		return unreadableSenderPrefix + "unknown"
+	}
+	return networkid.UserID(unreadableSenderPrefix + b.String())
 }
 
 // GetChatInfo implements bridgev2.NetworkAPI: the room name is the thread's base subject and the members are
@@ -294,6 +329,15 @@ func (cl *Client) handleMail(ctx context.Context, m *Mail) error {
 	for _, a := range append(append([]msgconv.Address{e.From}, e.To...), e.Cc...) {
 		cl.conn.rememberName(a.Email, a.Name)
 	}
+	senderID := networkid.UserID(strings.ToLower(e.From.Email))
+	if e.From.Email == "" {
+		senderID = unreadableSenderID(e.From.Name)
+		name := e.From.Name
+		if name == "" {
+			name = "Unknown sender"
+		}
+		cl.conn.rememberName(string(senderID), name)
+	}
 	// A new thread gets its room first, synchronously, so a failed room creation is an error here (retried by
 	// the watcher) rather than an event that silently goes nowhere.
 	portal, err := cl.conn.br.GetPortalByKey(ctx, key)
@@ -312,8 +356,8 @@ func (cl *Client) handleMail(ctx context.Context, m *Mail) error {
 	if ts.IsZero() || ts.After(time.Now()) {
 		ts = time.Now()
 	}
-	sender := bridgev2.EventSender{Sender: networkid.UserID(strings.ToLower(e.From.Email))}
-	if strings.EqualFold(e.From.Email, cl.self()) {
+	sender := bridgev2.EventSender{Sender: senderID}
+	if e.From.Email != "" && strings.EqualFold(e.From.Email, cl.self()) {
 		sender = bridgev2.EventSender{IsFromMe: true, SenderLogin: cl.login.ID, Sender: networkid.UserID(cl.self())}
 	}
 	evt := &simplevent.Message[*msgconv.Email]{

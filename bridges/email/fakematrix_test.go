@@ -31,7 +31,9 @@ type fakeMatrix struct {
 	states []status.BridgeState
 	media  map[id.ContentURIString][]byte
 	names  map[id.UserID]string
-	notify chan struct{}
+	// memberNames are the display names GetMembers reports for Matrix users.
+	memberNames map[id.UserID]string
+	notify      chan struct{}
 	// failCreate makes the next n CreateRoom calls fail, like a homeserver hiccup.
 	failCreate int
 }
@@ -54,7 +56,7 @@ type fakeMsg struct {
 
 func newFakeMatrix() *fakeMatrix {
 	return &fakeMatrix{rooms: map[id.RoomID]*fakeRoom{}, media: map[id.ContentURIString][]byte{},
-		names: map[id.UserID]string{}, notify: make(chan struct{}, 1)}
+		names: map[id.UserID]string{}, memberNames: map[id.UserID]string{}, notify: make(chan struct{}, 1)}
 }
 
 func (fm *fakeMatrix) changed() {
@@ -149,11 +151,11 @@ func (fm *fakeMatrix) GetMembers(_ context.Context, roomID id.RoomID) (map[id.Us
 	out := map[id.UserID]*event.MemberEventContent{}
 	if r := fm.rooms[roomID]; r != nil {
 		for u := range r.Joined {
-			out[u] = &event.MemberEventContent{Membership: event.MembershipJoin}
+			out[u] = &event.MemberEventContent{Membership: event.MembershipJoin, Displayname: fm.memberNames[u]}
 		}
 		for _, u := range r.Invited {
 			if !r.Joined[u] {
-				out[u] = &event.MemberEventContent{Membership: event.MembershipInvite}
+				out[u] = &event.MemberEventContent{Membership: event.MembershipInvite, Displayname: fm.memberNames[u]}
 			}
 		}
 	}

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/passerelle/passerelle/configs"
 )
 
 // FuzzSealerOpen: Open of arbitrary stored text never panics and never "succeeds" on text Seal did not make;
@@ -51,7 +53,10 @@ func FuzzLoginSettings(f *testing.F) {
 	f.Add("h", "0", "SSL", "h", "65536", "bogus", "", "")
 	f.Add("h", "-1", "none", "h", "1e3", "plain", "u", "p\r\nq")
 	f.Fuzz(func(t *testing.T, ih, ip, is, sh, sp, ss, user, pw string) {
-		lp := &LoginProcess{address: "alice@example.org"}
+		// allow_insecure follows the user name's length, so both settings get fuzzed.
+		cfg := configs.Default().Bridges.Email
+		cfg.AllowInsecure = len(user)%2 == 0
+		lp := &LoginProcess{conn: NewConnector(cfg), address: "alice@example.org"}
 		acct, err := lp.accountFrom(map[string]string{fieldIMAPHost: ih, fieldIMAPPort: ip, fieldIMAPSecurity: is,
 			fieldSMTPHost: sh, fieldSMTPPort: sp, fieldSMTPSecurity: ss, fieldUsername: user, fieldPassword: pw})
 		if err != nil {
@@ -60,6 +65,9 @@ func FuzzLoginSettings(f *testing.F) {
 		for _, srv := range []Server{acct.IMAP, acct.SMTP} {
 			if srv.Host == "" || srv.Port < 1 || srv.Port > 65535 {
 				t.Fatalf("accepted server %+v", srv)
+			}
+			if srv.Security == SecurityNone && !cfg.AllowInsecure {
+				t.Fatalf("accepted security none with allow_insecure off: %+v", srv)
 			}
 			switch srv.Security {
 			case SecurityTLS, SecurityStartTLS, SecurityNone:

@@ -324,3 +324,23 @@ func TestLoginSilentServerTimesOutQuicklyWithClearMessage(t *testing.T) {
 		}
 	}
 }
+
+func TestUnreadableSenderID(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"garbage <<<>>>":         "unreadable-sender.garbage",
+		"  Bob  (Ünïcode)":       "unreadable-sender.bob-n-code",
+		"":                       "unreadable-sender.unknown",
+		"<<<>>>":                 "unreadable-sender.unknown",
+		"x@@y":                   "unreadable-sender.x-y",
+		strings.Repeat("a", 300): "unreadable-sender." + strings.Repeat("a", 64),
+	} {
+		got := string(unreadableSenderID(in))
+		if got != want {
+			t.Errorf("unreadableSenderID(%q) = %q, want %q", in, got, want)
+		}
+		if strings.Contains(got, "@") {
+			t.Errorf("unreadableSenderID(%q) = %q looks like an address", in, got)
+		}
+	}
+}

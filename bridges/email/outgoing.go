@@ -43,6 +43,7 @@ func (cl *Client) HandleMatrixMessage(ctx context.Context, msg *bridgev2.MatrixM
 	if err != nil {
 		return nil, err
 	}
+	out.From.Name = cl.senderName(ctx, msg)
 	if msg.ReplyTo != nil && !strings.HasPrefix(string(msg.ReplyTo.ID), "synth-") {
 		// The user answered a specific earlier mail: point In-Reply-To at it (References keep the full chain).
 		out.InReplyTo = string(msg.ReplyTo.ID)
@@ -67,6 +68,28 @@ func (cl *Client) HandleMatrixMessage(ctx context.Context, msg *bridgev2.MatrixM
 		SenderID:  networkid.UserID(self),
 		Timestamp: out.Date,
 	}}, nil
+}
+
+// senderName is the display name for the From header of a reply: the Matrix sender's display name in the
+// portal room. A relayed message (another Matrix user writing through this login) and a sender without a
+// usable name get none, so the mail shows only the address.
+func (cl *Client) senderName(ctx context.Context, msg *bridgev2.MatrixMessage) string {
+	if msg.OrigSender != nil || msg.Event == nil || msg.Portal == nil || msg.Portal.MXID == "" ||
+		cl.conn.br == nil || cl.conn.br.Matrix == nil {
+		return ""
+	}
+	member, err := cl.conn.br.Matrix.GetMemberInfo(ctx, msg.Portal.MXID, msg.Event.Sender)
+	if err != nil || member == nil {
+		if err != nil {
+			zerolog.Ctx(ctx).Debug().Err(err).Msg("Cannot get the sender's display name for the From header")
+		}
+		return ""
+	}
+	name := strings.TrimSpace(member.Displayname)
+	if name == "" || strings.EqualFold(name, cl.self()) || name == msg.Event.Sender.String() {
+		return ""
+	}
+	return name
 }
 
 // downloadAttachment fetches the Matrix media of a file/image/video/audio message.

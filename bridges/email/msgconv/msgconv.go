@@ -45,10 +45,13 @@ type Email struct {
 	MessageID  string   // without <>; "" when missing
 	InReplyTo  []string // without <>
 	References []string // without <>, oldest first
-	From       Address
-	To         []Address
-	Cc         []Address
-	ReplyTo    []Address
+	// From is the author: the From header, else Sender, Reply-To or
+	// Return-Path. When none holds an address, Email is "" and Name is the
+	// From header's raw text (possibly "" too).
+	From    Address
+	To      []Address
+	Cc      []Address
+	ReplyTo []Address
 	// Subject is decoded to UTF-8 as far as possible (broken encoded words
 	// are decoded best-effort, never dropped).
 	Subject string

@@ -116,16 +116,26 @@ func (p *parser) envelope(e *Email, h header) {
 	e.MessageID = firstOf(parseMsgIDs(h.get("Message-Id")))
 	e.InReplyTo = parseMsgIDs(strings.Join(h.values("In-Reply-To"), " "))
 	e.References = parseMsgIDs(strings.Join(h.values("References"), " "))
-	if from := parseAddressList(h.get("From"), &p.problems, "From"); len(from) > 0 {
-		e.From = from[0]
-	} else if sender := parseAddressList(h.get("Sender"), &p.problems, "Sender"); len(sender) > 0 {
-		e.From = sender[0]
-	} else {
-		p.problem("no usable From address")
-	}
 	e.To = parseAddressList(strings.Join(h.values("To"), ", "), &p.problems, "To")
 	e.Cc = parseAddressList(strings.Join(h.values("Cc"), ", "), &p.problems, "Cc")
 	e.ReplyTo = parseAddressList(h.get("Reply-To"), &p.problems, "Reply-To")
+	// An unreadable From falls back on the other headers that name the author, in order of trust.
+	if from := parseAddressList(h.get("From"), &p.problems, "From"); len(from) > 0 && from[0].Email != "" {
+		e.From = from[0]
+	} else if sender := parseAddressList(h.get("Sender"), &p.problems, "Sender"); len(sender) > 0 && sender[0].Email != "" {
+		e.From = sender[0]
+		p.problem("no usable From address, using Sender")
+	} else if len(e.ReplyTo) > 0 && e.ReplyTo[0].Email != "" {
+		e.From = e.ReplyTo[0]
+		p.problem("no usable From address, using Reply-To")
+	} else if rp := parseAddressList(h.get("Return-Path"), &p.problems, "Return-Path"); len(rp) > 0 && rp[0].Email != "" {
+		e.From = rp[0]
+		p.problem("no usable From address, using Return-Path")
+	} else {
+		// Nothing to write back to: keep the text so the reader still sees who it claims to be.
+		e.From = Address{Name: truncate(strings.TrimSpace(decodeText(h.get("From"), &p.problems, "From")), 200)}
+		p.problem("no usable From address")
+	}
 	e.Subject = decodeText(h.get("Subject"), &p.problems, "Subject")
 	if d := h.get("Date"); d != "" {
 		t, err := parseDate(d)

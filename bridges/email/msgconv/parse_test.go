@@ -338,3 +338,30 @@ Content-Disposition: attachment; filename="../../etc/report.pdf"
 		}
 	}
 }
+
+// TestParseUnreadableFromFallsBack: a From with no address falls back on Sender, then Reply-To, then
+// Return-Path, and else keeps the raw text as the name with no address.
+func TestParseUnreadableFromFallsBack(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name, headers string
+		want          Address
+	}{
+		{"sender", "From: garbage <<<>>>\nSender: Desk <desk@example.com>\nReply-To: r@example.com\nReturn-Path: <rp@example.com>\n",
+			Address{Name: "Desk", Email: "desk@example.com"}},
+		{"reply-to", "From: garbage <<<>>>\nReply-To: Rita <r@example.com>\nReturn-Path: <rp@example.com>\n",
+			Address{Name: "Rita", Email: "r@example.com"}},
+		{"return-path", "From: garbage <<<>>>\nReturn-Path: <rp@example.com>\n", Address{Email: "rp@example.com"}},
+		{"raw text", "From: garbage <<<>>>\nReturn-Path: <>\n", Address{Name: "garbage <<<>>>"}},
+		{"good from wins", "From: Bob <bob@example.com>\nSender: desk@example.com\n", Address{Name: "Bob", Email: "bob@example.com"}},
+	}
+	for _, c := range cases {
+		e := parseString(t, c.headers+"Subject: x\n\nbody\n", ParseOptions{})
+		if e.From != c.want {
+			t.Errorf("%s: From = %+v, want %+v", c.name, e.From, c.want)
+		}
+		if c.name != "good from wins" && !hasProblem(e, "From") {
+			t.Errorf("%s: no problem noted: %v", c.name, e.Problems)
+		}
+	}
+}
