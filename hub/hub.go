@@ -37,7 +37,8 @@ const (
 	// defaultReadTimeout bounds reading a whole request, body included, so that a client that sends headers
 	// and then trickles (or stalls) its body cannot hold a connection forever. Matrix request bodies are small
 	// JSON (a few KiB to 1 MiB); 60 s is ample even on a poor mobile link. Media uploads, which may be large,
-	// extend their own deadline (clientapi's upload handler); /sync long-polls, which have no body, clear it.
+	// extend their own deadline (clientapi's upload handler). /sync long-polls are unaffected: net/http lifts
+	// the read deadline once a request without a body has been read (TestSlowBodyConnectionClosed checks it).
 	defaultReadTimeout = 60 * time.Second
 	// defaultIdleTimeout closes keep-alive connections that carry no request for this long. It is longer
 	// than a client's usual gap between two /sync long-polls (a few seconds) so that connections are reused,

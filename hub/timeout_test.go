@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"maunium.net/go/mautrix"
+
 	"github.com/passerelle/passerelle/configs"
 )
 
@@ -99,6 +101,26 @@ func TestSlowBodyConnectionClosed(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitClosed(t, conn, 6*time.Second)
+	})
+
+	t.Run("slow upload extends its deadline", func(t *testing.T) {
+		cli := newUser(t, rh, "uploader")
+		pr, pw := io.Pipe()
+		go func() {
+			for i := 0; i < 5; i++ {
+				_, _ = pw.Write([]byte("chunk-of-a-slow-upload "))
+				time.Sleep(500 * time.Millisecond)
+			}
+			_ = pw.Close()
+		}()
+		start := time.Now()
+		resp, err := cli.UploadMedia(t.Context(), mautrix.ReqUploadMedia{Content: pr, ContentLength: -1, ContentType: "text/plain"})
+		if err != nil {
+			t.Fatalf("upload taking %v with a 1 s read timeout: %v", time.Since(start), err)
+		}
+		if resp.ContentURI.IsEmpty() || time.Since(start) < 2*time.Second {
+			t.Fatalf("upload answered %v after %v", resp.ContentURI, time.Since(start))
+		}
 	})
 
 	t.Run("long-poll outlives read timeout", func(t *testing.T) {

@@ -16,9 +16,6 @@ import (
 )
 
 func (a *API) doSync(w http.ResponseWriter, r *http.Request, au *Auth) {
-	// A /sync has no body, but the HTTP server's read timeout (hub: 60 s) would still fire during a long-poll
-	// of up to hsync.MaxTimeout and cancel the request; the request is fully read, so lift the deadline.
-	_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
 	q := r.URL.Query()
 	req := hsync.Request{User: au.User, Device: au.Device, Since: q.Get("since")}
 	if s := q.Get("timeout"); s != "" {
