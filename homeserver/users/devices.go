@@ -98,6 +98,7 @@ func (s *Service) NewDevice(ctx context.Context, userID id.UserID, deviceID id.D
 }
 
 func (s *Service) remember(hash string, sess session) {
+	sess.checked = time.Now()
 	s.tokenMu.Lock()
 	if len(s.tokenCache) >= maxCachedTokens {
 		clear(s.tokenCache)
@@ -115,7 +116,7 @@ func (s *Service) forget(hashes ...string) {
 }
 
 // Authenticate returns the user and device an access token belongs to, or mxerr.UnknownToken. Known tokens are
-// answered from memory.
+// answered from memory for up to tokenCacheTTL, then confirmed by the database again.
 func (s *Service) Authenticate(ctx context.Context, token string) (id.UserID, id.DeviceID, error) {
 	if token == "" {
 		return "", "", mxerr.MissingToken("missing access token")
@@ -124,13 +125,14 @@ func (s *Service) Authenticate(ctx context.Context, token string) (id.UserID, id
 	s.tokenMu.RLock()
 	sess, ok := s.tokenCache[hash]
 	s.tokenMu.RUnlock()
-	if ok {
+	if ok && time.Since(sess.checked) < s.tokenTTL {
 		return sess.userID, sess.deviceID, nil
 	}
 	err := s.db.QueryRow(ctx, `SELECT d.user_id, d.device_id FROM users_devices d
 		JOIN users_accounts a ON a.user_id = d.user_id
 		WHERE d.token_hash = $1 AND NOT a.deactivated`, hash).Scan(&sess.userID, &sess.deviceID)
 	if errors.Is(err, sql.ErrNoRows) {
+		s.forget(hash)
 		return "", "", mxerr.UnknownToken("unknown access token")
 	} else if err != nil {
 		return "", "", fmt.Errorf("look up access token: %w", err)

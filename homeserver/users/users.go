@@ -37,6 +37,9 @@ type Service struct {
 
 	tokenMu    sync.RWMutex
 	tokenCache map[string]session // by token hash
+	// tokenTTL is how long a cached token is trusted before the database is asked again (tokenCacheTTL; tests
+	// lower it).
+	tokenTTL time.Duration
 
 	// adMu serialises account-data writers so stream positions commit in order.
 	adMu sync.Mutex
@@ -45,7 +48,13 @@ type Service struct {
 type session struct {
 	userID   id.UserID
 	deviceID id.DeviceID
+	checked  time.Time // when the database last confirmed the token
 }
+
+// tokenCacheTTL bounds how long a token revoked by another process (the CLI, a second node sharing PostgreSQL, a
+// deactivation from an admin tool) keeps working in this one: a minute keeps the database out of the hot path
+// (one lookup per token per minute) while revocations still take effect quickly everywhere.
+const tokenCacheTTL = time.Minute
 
 // maxCachedTokens bounds the token cache; when it is full the cache is emptied and refills from the database.
 // 200k sessions keep the map around 40 MB at worst, enough for 40,000 users with a few devices each.
@@ -71,6 +80,7 @@ func New(ctx context.Context, db *dbutil.Database, serverName string, log zerolo
 		log:        log,
 		bcryptCost: bcrypt.DefaultCost,
 		tokenCache: make(map[string]session),
+		tokenTTL:   tokenCacheTTL,
 	}, nil
 }
 

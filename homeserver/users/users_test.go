@@ -331,3 +331,35 @@ func TestAccountDataConcurrentPositions(t *testing.T) {
 		}
 	})
 }
+
+// TestRevocationFromAnotherProcess: a device deleted or an account deactivated through another Service on the same
+// database (the CLI, a second node) stops working here once the cached token's TTL has passed, not at restart.
+func TestRevocationFromAnotherProcess(t *testing.T) {
+	dbtest.Run(t, func(t *testing.T, db *dbutil.Database) {
+		ctx := t.Context()
+		hub := newService(t, db)
+		cli := newService(t, db)
+		alice, _ := hub.Register(ctx, "alice", "pw", RegisterOpts{})
+		dev, tok, err := hub.NewDevice(ctx, alice, "", "phone")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err = hub.Authenticate(ctx, tok); err != nil {
+			t.Fatalf("fresh token refused: %v", err)
+		}
+		if err = cli.DeleteDevice(ctx, alice, dev); err != nil {
+			t.Fatal(err)
+		}
+		// Within the TTL the cache still answers (that is the point of the cache).
+		if _, _, err = hub.Authenticate(ctx, tok); err != nil {
+			t.Fatalf("cached token refused before its TTL: %v", err)
+		}
+		hub.tokenTTL = 0 // the TTL has passed
+		_, _, err = hub.Authenticate(ctx, tok)
+		wantCode(t, err, "M_UNKNOWN_TOKEN")
+		// And it stays refused once the TTL is back to normal: the entry was dropped.
+		hub.tokenTTL = tokenCacheTTL
+		_, _, err = hub.Authenticate(ctx, tok)
+		wantCode(t, err, "M_UNKNOWN_TOKEN")
+	})
+}
