@@ -425,12 +425,8 @@ func (a *API) setProfileField(w http.ResponseWriter, r *http.Request, au *Auth) 
 	if field == "displayname" {
 		err = a.users.SetDisplayName(ctx, uid, val)
 	} else {
-		if val != "" {
-			if _, perr := id.ParseContentURI(val); perr != nil {
-				RespondError(w, r, mxerr.InvalidParam("avatar_url must be an mxc:// URI"))
-				return
-			}
-		}
+		// Any string is stored: the spec types avatar_url as a URI without requiring mxc://, and
+		// clients (and Complement) set other values.
 		err = a.users.SetAvatarURL(ctx, uid, val)
 	}
 	if err != nil {

@@ -39,7 +39,7 @@ func (a *API) eventContext(w http.ResponseWriter, r *http.Request, au *Auth) {
 		}
 	}
 	ctx := r.Context()
-	upTo, err := a.readableUpTo(ctx, roomID, au.User)
+	upTo, peeking, err := a.readAccess(ctx, roomID, au.User)
 	if err != nil {
 		RespondError(w, r, err)
 		return
@@ -50,6 +50,13 @@ func (a *API) eventContext(w http.ResponseWriter, r *http.Request, au *Auth) {
 		return
 	}
 	if ev.RoomID != roomID || ev.StreamPos > upTo {
+		RespondError(w, r, mxerr.NotFound("event not found"))
+		return
+	}
+	if seen, err := a.rooms.FilterVisible(ctx, roomID, au.User, []*rooms.Event{ev}, peeking); err != nil {
+		RespondError(w, r, err)
+		return
+	} else if len(seen) == 0 {
 		RespondError(w, r, mxerr.NotFound("event not found"))
 		return
 	}
@@ -89,6 +96,10 @@ func (a *API) eventContext(w http.ResponseWriter, r *http.Request, au *Auth) {
 		end = evsAfter[len(evsAfter)-1].StreamPos
 	}
 	list := func(evs []*rooms.Event) ([]json.RawMessage, error) {
+		evs, err := a.rooms.FilterVisible(ctx, roomID, au.User, evs, peeking)
+		if err != nil {
+			return nil, err
+		}
 		shown := make([]*rooms.Event, 0, len(evs))
 		for _, e := range evs {
 			if hsync.PartAllows(filter, roomID, e.Sender, e.Type) {

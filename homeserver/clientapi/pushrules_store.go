@@ -16,8 +16,9 @@ import (
 // describes, so changes reach every client through /sync. Until the user changes something, the ruleset is
 // the predefined one (DefaultPushRules).
 
-// ruleKinds are the rule kinds in priority order.
-var ruleKinds = []string{"override", "content", "room", "sender", "underride"}
+// ruleKinds are the rule kinds in priority order. "postcontent" (MSC4306, thread subscriptions) holds
+// no server-default rules here; it is accepted so clients can address it (a missing rule is a 404).
+var ruleKinds = []string{"override", "content", "postcontent", "room", "sender", "underride"}
 
 type ruleset map[string][]map[string]any
 
@@ -160,7 +161,7 @@ func (a *API) putPushRule(w http.ResponseWriter, r *http.Request, au *Auth) {
 	}
 	rule := map[string]any{"rule_id": ruleID, "default": false, "enabled": true, "actions": req.Actions}
 	switch kind {
-	case "override", "underride":
+	case "override", "postcontent", "underride":
 		if req.Conditions == nil {
 			req.Conditions = []map[string]any{}
 		}

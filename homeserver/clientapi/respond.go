@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"unicode/utf8"
 
 	"github.com/rs/zerolog"
 
@@ -79,8 +80,8 @@ func DecodeJSON(data []byte, v any) error {
 	if len(data) == 0 {
 		data = []byte("{}")
 	}
-	if !json.Valid(data) {
-		return mxerr.NotJSON("request body is not valid JSON")
+	if !json.Valid(data) || !utf8.Valid(data) {
+		return mxerr.NotJSON("request body is not valid JSON (or not UTF-8)")
 	}
 	if data[0] != '{' {
 		return mxerr.BadJSON("request body must be a JSON object")

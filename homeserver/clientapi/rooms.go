@@ -403,6 +403,27 @@ func (a *API) readableUpTo(ctx context.Context, room id.RoomID, user id.UserID) 
 	return 0, mxerr.Forbidden("you are not in this room")
 }
 
+// readAccess returns how far user may read room and whether they read it from outside (peeking): members and
+// former members read up to readableUpTo; anyone else may read a world_readable room, subject to the per-event
+// history visibility check (rooms.FilterVisible), and gets M_FORBIDDEN otherwise.
+func (a *API) readAccess(ctx context.Context, room id.RoomID, user id.UserID) (int64, bool, error) {
+	upTo, err := a.readableUpTo(ctx, room, user)
+	if err == nil {
+		return upTo, false, nil
+	}
+	if e := mxerr.As(err); e == nil || e.Code != "M_FORBIDDEN" {
+		return 0, false, err
+	}
+	vis, verr := a.rooms.CurrentHistoryVisibility(ctx, room)
+	if verr != nil {
+		return 0, false, verr
+	}
+	if vis != rooms.VisibilityWorldReadable {
+		return 0, false, err
+	}
+	return math.MaxInt64, true, nil
+}
+
 func (a *API) getState(w http.ResponseWriter, r *http.Request, au *Auth) {
 	roomID, err := pathRoom(r)
 	if err != nil {
@@ -542,6 +563,12 @@ func (a *API) getEvent(w http.ResponseWriter, r *http.Request, au *Auth) {
 	}
 	ctx := r.Context()
 	upTo, err := a.readableUpTo(ctx, roomID, au.User)
+	peeking := false
+	if e := mxerr.As(err); e != nil && e.Code == "M_FORBIDDEN" {
+		// Someone outside the room may still read the events that were world_readable when sent; the
+		// per-event check below decides, and a refusal looks like a missing event (spec: 404).
+		upTo, peeking, err = math.MaxInt64, true, nil
+	}
 	if err != nil {
 		RespondError(w, r, err)
 		return
@@ -552,6 +579,15 @@ func (a *API) getEvent(w http.ResponseWriter, r *http.Request, au *Auth) {
 		return
 	}
 	if ev.RoomID != roomID || ev.StreamPos > upTo {
+		RespondError(w, r, mxerr.NotFound("event not found"))
+		return
+	}
+	visible, err := a.rooms.FilterVisible(ctx, roomID, au.User, []*rooms.Event{ev}, peeking)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	if len(visible) == 0 {
 		RespondError(w, r, mxerr.NotFound("event not found"))
 		return
 	}
@@ -593,7 +629,7 @@ func (a *API) messages(w http.ResponseWriter, r *http.Request, au *Auth) {
 		}
 	}
 	ctx := r.Context()
-	upTo, err := a.readableUpTo(ctx, roomID, au.User)
+	upTo, peeking, err := a.readAccess(ctx, roomID, au.User)
 	if err != nil {
 		RespondError(w, r, err)
 		return
@@ -673,8 +709,13 @@ func (a *API) messages(w http.ResponseWriter, r *http.Request, au *Auth) {
 			}
 		}
 	}
-	shown := make([]*rooms.Event, 0, len(evs))
-	for _, ev := range evs {
+	visible, err := a.rooms.FilterVisible(ctx, roomID, au.User, evs, peeking)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	shown := make([]*rooms.Event, 0, len(visible))
+	for _, ev := range visible {
 		if hsync.PartAllows(filter, roomID, ev.Sender, ev.Type) {
 			shown = append(shown, ev)
 		}

@@ -192,6 +192,11 @@ func (s *Service) checkCanonicalAlias(ctx context.Context, roomID id.RoomID, con
 		}
 		alias := id.RoomAlias(str)
 		if err := s.checkLocalAlias(alias); err != nil {
+			// A malformed alias is a bad parameter; M_BAD_ALIAS is for a well-formed alias that is
+			// foreign or does not point to this room.
+			if colon := strings.IndexByte(str, ':'); len(str) < 3 || str[0] != '#' || colon < 2 {
+				return err
+			}
 			return errBadAlias("%s is not a valid local room alias", alias)
 		}
 		target, err := s.ResolveAlias(ctx, alias)
