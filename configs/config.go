@@ -45,6 +45,9 @@ type Registration struct {
 	Enabled bool `yaml:"enabled"`
 	// SharedSecret enables the Synapse-compatible /_synapse/admin/v1/register endpoint when non-empty.
 	SharedSecret string `yaml:"shared_secret"`
+	// AllowShortSharedSecret accepts a shared secret shorter than MinSharedSecretLength. For test rigs only
+	// (Complement hard-codes a 10-character secret); never set it on a real server (default false).
+	AllowShortSharedSecret bool `yaml:"allow_short_shared_secret"`
 }
 
 // Media configures the content repository.

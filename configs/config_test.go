@@ -239,6 +239,11 @@ func TestValidateCases(t *testing.T) {
 		}, ""},
 		{"postgres without URI", func(c *Config) { c.Database.Type = "postgres" }, "database.uri"},
 		{"strong shared secret", func(c *Config) { c.Registration.SharedSecret = strings.Repeat("s", 16) }, ""},
+		{"short shared secret", func(c *Config) { c.Registration.SharedSecret = "complement" }, "registration.shared_secret"},
+		{"short shared secret allowed for tests", func(c *Config) {
+			c.Registration.SharedSecret = "complement"
+			c.Registration.AllowShortSharedSecret = true
+		}, ""},
 		{"existing appservice dir", func(c *Config) { c.Appservices.Directory = os.TempDir() }, ""},
 		{"template without placeholder", func(c *Config) { c.Bridges.Email.UsernameTemplate = "mail" }, "bridges.email.username_template"},
 		{"template broken", func(c *Config) { c.Bridges.Email.UsernameTemplate = "x_{{.}}{{" }, "bridges.email.username_template"},

@@ -180,7 +180,7 @@ func (c *Config) Validate() error {
 	}
 
 	// registration
-	if s := c.Registration.SharedSecret; s != "" && len(s) < MinSharedSecretLength {
+	if s := c.Registration.SharedSecret; s != "" && len(s) < MinSharedSecretLength && !c.Registration.AllowShortSharedSecret {
 		bad("registration.shared_secret", "must be empty (endpoint off) or at least %d characters",
 			MinSharedSecretLength)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/passerelle/passerelle/homeserver/e2ee"
 	"github.com/passerelle/passerelle/homeserver/media"
 	"github.com/passerelle/passerelle/homeserver/mxerr"
+	"github.com/passerelle/passerelle/homeserver/pushers"
 	"github.com/passerelle/passerelle/homeserver/rooms"
 	"github.com/passerelle/passerelle/homeserver/storage"
 	hsync "github.com/passerelle/passerelle/homeserver/sync"
@@ -104,6 +105,10 @@ func (s *Server) init(ctx context.Context, opts Options) error {
 	if s.media, err = media.New(ctx, s.db, mediaDir, name, cfg.Media.MaxUploadBytes, log); err != nil {
 		return err
 	}
+	pusherStore, err := pushers.New(ctx, s.db, log.With().Str("component", "pushers").Logger())
+	if err != nil {
+		return err
+	}
 	if s.as, err = registration.NewSet(name, opts.Appservices...); err != nil {
 		return fmt.Errorf("appservice registrations: %w", err)
 	}
@@ -116,7 +121,7 @@ func (s *Server) init(ctx context.Context, opts Options) error {
 		ServerName: name, PublicBaseURL: cfg.Server.PublicBaseURL, RegistrationEnabled: cfg.Registration.Enabled,
 	}, clientapi.Deps{
 		Rooms: s.rooms, Users: s.users, Sync: s.sync, Media: s.media, Appservices: s.as, ASClient: opts.ASClient,
-		E2EE: s.e2ee,
+		E2EE: s.e2ee, Pushers: pusherStore,
 	})
 	s.mux = http.NewServeMux()
 	api.Register(s.mux)

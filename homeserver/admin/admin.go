@@ -11,6 +11,7 @@ import (
 	"crypto/sha1"
 	"encoding/hex"
 	"net/http"
+	"strings"
 	stdsync "sync"
 	"time"
 
@@ -161,7 +162,8 @@ func (a *Admin) postRegister(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Admin) register(ctx context.Context, req registerReq) (map[string]any, error) {
-	userID, err := a.users.Register(ctx, req.Username, req.Password, users.RegisterOpts{Admin: req.Admin})
+	// The MAC covers the name as sent; the account is created lower-cased, as Synapse (and POST /register) do.
+	userID, err := a.users.Register(ctx, strings.ToLower(req.Username), req.Password, users.RegisterOpts{Admin: req.Admin})
 	if err != nil {
 		return nil, err
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/passerelle/passerelle/homeserver/e2ee"
 	"github.com/passerelle/passerelle/homeserver/media"
 	"github.com/passerelle/passerelle/homeserver/mxerr"
+	"github.com/passerelle/passerelle/homeserver/pushers"
 	"github.com/passerelle/passerelle/homeserver/rooms"
 	hsync "github.com/passerelle/passerelle/homeserver/sync"
 	"github.com/passerelle/passerelle/homeserver/users"
@@ -45,18 +46,21 @@ type Deps struct {
 	ASClient *http.Client
 	// E2EE serves the key and to-device endpoints (keys.go); nil leaves them unmounted.
 	E2EE *e2ee.Service
+	// Pushers stores the pushers of POST /pushers/set; nil answers GET /pushers with an empty list.
+	Pushers *pushers.Service
 }
 
 // API is the Client-Server API handler set.
 type API struct {
-	cfg      Config
-	rooms    *rooms.Service
-	users    *users.Service
-	sync     *hsync.Service
-	media    *media.Service
-	as       *registration.Set
-	asClient *http.Client
-	e2ee     *e2ee.Service
+	cfg         Config
+	rooms       *rooms.Service
+	users       *users.Service
+	sync        *hsync.Service
+	media       *media.Service
+	as          *registration.Set
+	asClient    *http.Client
+	e2ee        *e2ee.Service
+	pusherStore *pushers.Service
 }
 
 // New returns the handlers; call Register to mount them.
@@ -65,7 +69,7 @@ func New(cfg Config, d Deps) *API {
 	if c == nil {
 		c = &http.Client{Timeout: 30 * time.Second}
 	}
-	return &API{cfg: cfg, rooms: d.Rooms, users: d.Users, sync: d.Sync, media: d.Media, as: d.Appservices, asClient: c, e2ee: d.E2EE}
+	return &API{cfg: cfg, rooms: d.Rooms, users: d.Users, sync: d.Sync, media: d.Media, as: d.Appservices, asClient: c, e2ee: d.E2EE, pusherStore: d.Pushers}
 }
 
 // clientPrefixes are the Client-Server API versions accepted in paths: v3 and, for old clients, r0.
@@ -156,7 +160,8 @@ func (a *API) Register(mux *http.ServeMux) {
 		c("PUT", "/pushrules/{scope}/{kind}/{ruleID}", a.authed(a.putPushRule))
 		c("DELETE", "/pushrules/{scope}/{kind}/{ruleID}", a.authed(a.deletePushRule))
 		c("PUT", "/pushrules/{scope}/{kind}/{ruleID}/{attr}", a.authed(a.putPushRuleAttr))
-		c("GET", "/pushers", a.authed(a.pushers))
+		c("GET", "/pushers", a.authed(a.listPushers))
+		c("POST", "/pushers/set", a.authed(a.setPusher))
 		c("POST", "/search", a.authed(a.search))
 		if a.e2ee != nil {
 			a.registerKeys(c)
@@ -164,6 +169,8 @@ func (a *API) Register(mux *http.ServeMux) {
 	}
 	a.registerRelations(mux)
 	mux.HandleFunc("POST /_matrix/media/v3/upload", a.authed(a.upload))
+	mux.HandleFunc("POST /_matrix/media/v1/create", a.authed(a.createMedia))
+	mux.HandleFunc("PUT /_matrix/media/v3/upload/{serverName}/{mediaID}", a.authed(a.uploadTo))
 	mux.HandleFunc("GET /_matrix/media/v3/config", a.authed(a.mediaConfig))
 	mux.HandleFunc("GET /_matrix/client/v1/media/config", a.authed(a.mediaConfig))
 	mux.HandleFunc("GET /_matrix/media/v3/download/{serverName}/{mediaID}", a.download)

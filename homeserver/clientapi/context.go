@@ -53,10 +53,12 @@ func (a *API) eventContext(w http.ResponseWriter, r *http.Request, au *Auth) {
 		RespondError(w, r, mxerr.NotFound("event not found"))
 		return
 	}
-	if seen, err := a.rooms.FilterVisible(ctx, roomID, au.User, []*rooms.Event{ev}, peeking); err != nil {
+	seen, err := a.rooms.FilterVisible(ctx, roomID, au.User, []*rooms.Event{ev}, peeking)
+	if err != nil {
 		RespondError(w, r, err)
 		return
-	} else if len(seen) == 0 {
+	}
+	if len(seen) == 0 {
 		RespondError(w, r, mxerr.NotFound("event not found"))
 		return
 	}
@@ -108,7 +110,7 @@ func (a *API) eventContext(w http.ResponseWriter, r *http.Request, au *Auth) {
 		}
 		return a.clientEvents(r, au, shown, upTo)
 	}
-	evOut, err := a.clientEvents(r, au, []*rooms.Event{ev}, upTo)
+	evOut, err := a.clientEvents(r, au, seen, upTo)
 	if err != nil {
 		RespondError(w, r, err)
 		return

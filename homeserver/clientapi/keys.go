@@ -296,10 +296,11 @@ func (a *API) signaturesUpload(w http.ResponseWriter, r *http.Request, au *Auth)
 	RespondJSON(w, http.StatusOK, map[string]any{"failures": failures})
 }
 
-// dropDeviceKeys forgets the keys and queued to-device messages of a device that was just deleted (device ""
-// means every device the user no longer has, after a logout from all devices). A failure is logged, not
-// returned: the device is gone either way, and key queries skip devices that no longer exist.
+// dropDeviceKeys forgets the keys, queued to-device messages and pushers of a device that was just deleted
+// (device "" means every device the user no longer has, after a logout from all devices). A failure is logged,
+// not returned: the device is gone either way, and key queries skip devices that no longer exist.
 func (a *API) dropDeviceKeys(ctx context.Context, user id.UserID, device id.DeviceID) {
+	a.dropPushers(ctx, user, device, "")
 	if a.e2ee == nil {
 		return
 	}

@@ -41,6 +41,86 @@ func (a *API) upload(w http.ResponseWriter, r *http.Request, au *Auth) {
 	RespondJSON(w, http.StatusOK, map[string]string{"content_uri": uri.String()})
 }
 
+// createMedia reserves a media ID for an asynchronous upload (POST /_matrix/media/v1/create).
+func (a *API) createMedia(w http.ResponseWriter, r *http.Request, au *Auth) {
+	uri, expires, err := a.media.Create(r.Context(), au.User)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	RespondJSON(w, http.StatusOK, map[string]any{"content_uri": uri.String(), "unused_expires_at": expires.UnixMilli()})
+}
+
+// uploadTo sends the content of a media ID reserved with createMedia
+// (PUT /_matrix/media/v3/upload/{serverName}/{mediaID}).
+func (a *API) uploadTo(w http.ResponseWriter, r *http.Request, au *Auth) {
+	if r.ContentLength > a.media.MaxBytes() {
+		RespondError(w, r, mxerr.TooLarge("upload is larger than %d bytes", a.media.MaxBytes()))
+		return
+	}
+	ct := r.Header.Get("Content-Type")
+	if ct != "" {
+		if _, _, err := mime.ParseMediaType(ct); err != nil {
+			RespondError(w, r, mxerr.InvalidParam("bad Content-Type"))
+			return
+		}
+	}
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(uploadReadTimeout))
+	err := a.media.UploadTo(r.Context(), au.User, r.PathValue("serverName"), r.PathValue("mediaID"), ct,
+		r.URL.Query().Get("filename"), r.Body)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	RespondJSON(w, http.StatusOK, struct{}{})
+}
+
+// defaultMediaWait and maxMediaWait bound how long a download of reserved but not yet uploaded media waits for
+// the content (the timeout_ms query parameter; the spec's default is 20 s).
+const (
+	defaultMediaWait = 20 * time.Second
+	maxMediaWait     = 60 * time.Second
+)
+
+// waitForUpload returns once the media of the request exists, or answers 504 M_NOT_YET_UPLOADED (and returns
+// false) when it is reserved and its content does not arrive within timeout_ms. Unknown media falls through
+// to the normal 404.
+func (a *API) waitForUpload(w http.ResponseWriter, r *http.Request) bool {
+	server, mid := r.PathValue("serverName"), r.PathValue("mediaID")
+	pending, err := a.media.Pending(r.Context(), server, mid)
+	if err != nil {
+		RespondError(w, r, err)
+		return false
+	}
+	if !pending {
+		return true
+	}
+	wait := defaultMediaWait
+	if ms, err := strconv.ParseInt(r.URL.Query().Get("timeout_ms"), 10, 64); err == nil && ms >= 0 {
+		wait = min(time.Duration(ms)*time.Millisecond, maxMediaWait)
+	}
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return false
+		case <-deadline.C:
+			RespondError(w, r, mxerr.New(http.StatusGatewayTimeout, "M_NOT_YET_UPLOADED", "the media has not been uploaded yet"))
+			return false
+		case <-tick.C:
+			if pending, err = a.media.Pending(r.Context(), server, mid); err != nil {
+				RespondError(w, r, err)
+				return false
+			} else if !pending {
+				return true
+			}
+		}
+	}
+}
+
 func (a *API) download(w http.ResponseWriter, r *http.Request) {
 	a.serveMedia(w, r)
 }
@@ -58,6 +138,9 @@ var inlineTypes = map[string]bool{
 }
 
 func (a *API) serveMedia(w http.ResponseWriter, r *http.Request) {
+	if !a.waitForUpload(w, r) {
+		return
+	}
 	meta, f, err := a.media.Open(r.Context(), r.PathValue("serverName"), r.PathValue("mediaID"))
 	if err != nil {
 		RespondError(w, r, err)

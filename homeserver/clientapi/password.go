@@ -3,6 +3,7 @@ package clientapi
 import (
 	"context"
 	"net/http"
+	"strings"
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
@@ -14,8 +15,12 @@ import (
 // uiaPassword is the auth object of a request protected by User-Interactive Authentication with the account
 // password.
 type uiaPassword struct {
-	Type     string `json:"type"`
-	Password string `json:"password"`
+	Type       string `json:"type"`
+	Password   string `json:"password"`
+	User       string `json:"user"` // deprecated form of identifier.user
+	Identifier struct {
+		User string `json:"user"`
+	} `json:"identifier"`
 }
 
 // checkUIAPassword answers false (and writes the 401 challenge) unless auth proves the password. A wrong
@@ -27,6 +32,19 @@ func (a *API) checkUIAPassword(w http.ResponseWriter, r *http.Request, user id.U
 	if auth == nil || auth.Type != string(mautrix.AuthTypePassword) {
 		RespondJSON(w, http.StatusUnauthorized, flows)
 		return false
+	}
+	// Authenticating as someone else (even with their right password) is refused outright.
+	for _, named := range []string{auth.Identifier.User, auth.User} {
+		if named == "" {
+			continue
+		}
+		if !strings.HasPrefix(named, "@") {
+			named = "@" + strings.ToLower(named) + ":" + a.cfg.ServerName
+		}
+		if id.UserID(named) != user {
+			RespondError(w, r, mxerr.Forbidden("the authenticated user does not own this session"))
+			return false
+		}
 	}
 	if err := a.users.CheckPassword(r.Context(), user, auth.Password); err != nil {
 		e := mxerr.As(err)
@@ -67,6 +85,9 @@ func (a *API) changePassword(w http.ResponseWriter, r *http.Request, au *Auth) {
 		RespondError(w, r, err)
 		return
 	}
+	// Pushers of other sessions go in any case (as in Synapse): they could keep leaking notifications to
+	// whoever held the old password.
+	a.dropPushers(ctx, au.User, "", au.Device)
 	// The spec's default is to log out every other device: a password change usually means a suspected leak.
 	if req.LogoutDevices == nil || *req.LogoutDevices {
 		if err := a.logoutOtherDevices(ctx, au.User, au.Device); err != nil {

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -119,17 +120,34 @@ func (a *API) join(w http.ResponseWriter, r *http.Request, au *Auth) {
 	if target == "" {
 		target = r.PathValue("roomID")
 	}
-	var req reasonReq
-	if err := ReadJSON(r, &req); err != nil {
+	body, err := ReadBody(r)
+	if err != nil {
 		RespondError(w, r, err)
 		return
 	}
+	var req reasonReq
+	var extra map[string]any
+	if err := DecodeJSON(body, &req); err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	_ = DecodeJSON(body, &extra)
 	ts, err := eventTS(r, au)
 	if err != nil {
 		RespondError(w, r, err)
 		return
 	}
 	ctx := r.Context()
+	// Custom fields of the request body go into the member event, as Synapse does; the profile fills in
+	// what the client did not set, and the fields the join API itself defines are not content.
+	content := a.profileContent(ctx, au.User)
+	for k, v := range extra {
+		switch k {
+		case "membership", "reason", "third_party_signed", "join_authorised_via_users_server":
+		default:
+			content[k] = v
+		}
+	}
 	roomID, err := a.resolveRoom(ctx, target)
 	if err != nil {
 		RespondError(w, r, err)
@@ -145,7 +163,7 @@ func (a *API) join(w http.ResponseWriter, r *http.Request, au *Auth) {
 	}
 	_, err = a.rooms.SetMembership(ctx, rooms.MembershipRequest{
 		RoomID: roomID, Sender: au.User, Target: au.User, Membership: "join", Reason: req.Reason,
-		Content: a.profileContent(ctx, au.User), TS: ts, DeviceID: au.Device,
+		Content: content, TS: ts, DeviceID: au.Device,
 	})
 	if err != nil {
 		RespondError(w, r, err)
@@ -265,7 +283,7 @@ func (a *API) forget(w http.ResponseWriter, r *http.Request, au *Auth) {
 		RespondError(w, r, err)
 		return
 	}
-	m, _, err := a.rooms.MembershipOf(r.Context(), roomID, au.User)
+	m, memberEv, err := a.rooms.MembershipOf(r.Context(), roomID, au.User)
 	if err != nil {
 		RespondError(w, r, err)
 		return
@@ -273,6 +291,13 @@ func (a *API) forget(w http.ResponseWriter, r *http.Request, au *Auth) {
 	if m == "join" || m == "invite" {
 		RespondError(w, r, mxerr.Unknown("leave the room before forgetting it"))
 		return
+	}
+	if memberEv != nil {
+		// Remembered against this leave (or ban): a later invite or join makes the room current again.
+		if err := a.sync.Forget(r.Context(), au.User, roomID, memberEv.ID); err != nil {
+			RespondError(w, r, err)
+			return
+		}
 	}
 	RespondJSON(w, http.StatusOK, struct{}{})
 }
@@ -381,7 +406,7 @@ func (a *API) sameState(ctx context.Context, room id.RoomID, sender id.UserID, e
 }
 
 // readableUpTo returns the newest stream position of room that user may read: everything while joined, up to
-// the leave or ban after having been a member; M_FORBIDDEN otherwise.
+// the leave or ban after having been a member, unless they forgot the room; M_FORBIDDEN otherwise.
 func (a *API) readableUpTo(ctx context.Context, room id.RoomID, user id.UserID) (int64, error) {
 	m, ev, err := a.rooms.MembershipOf(ctx, room, user)
 	if err != nil {
@@ -397,7 +422,14 @@ func (a *API) readableUpTo(ctx context.Context, room id.RoomID, user id.UserID) 
 		// Only someone who was joined keeps read access (up to when they left): rejecting an invite or
 		// being banned without ever joining does not open the room's history.
 		if ev != nil && hsync.PrevMembership(ev) == "join" {
-			return ev.StreamPos, nil
+			// Forgetting the room gives up that access.
+			forgotten, err := a.sync.Forgotten(ctx, user, room, ev.ID)
+			if err != nil {
+				return 0, err
+			}
+			if !forgotten {
+				return ev.StreamPos, nil
+			}
 		}
 	}
 	return 0, mxerr.Forbidden("you are not in this room")
@@ -591,7 +623,7 @@ func (a *API) getEvent(w http.ResponseWriter, r *http.Request, au *Auth) {
 		RespondError(w, r, mxerr.NotFound("event not found"))
 		return
 	}
-	out, err := a.clientEvents(r, au, []*rooms.Event{ev}, upTo)
+	out, err := a.clientEvents(r, au, visible, upTo)
 	if err != nil {
 		RespondError(w, r, err)
 		return
@@ -601,6 +633,12 @@ func (a *API) getEvent(w http.ResponseWriter, r *http.Request, au *Auth) {
 
 func (a *API) messages(w http.ResponseWriter, r *http.Request, au *Auth) {
 	roomID, err := pathRoom(r)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
+	ctx := r.Context()
+	upTo, peeking, err := a.readAccess(ctx, roomID, au.User)
 	if err != nil {
 		RespondError(w, r, err)
 		return
@@ -627,12 +665,6 @@ func (a *API) messages(w http.ResponseWriter, r *http.Request, au *Auth) {
 			RespondError(w, r, mxerr.BadJSON("filter is not a valid room event filter"))
 			return
 		}
-	}
-	ctx := r.Context()
-	upTo, peeking, err := a.readAccess(ctx, roomID, au.User)
-	if err != nil {
-		RespondError(w, r, err)
-		return
 	}
 	maxPos, err := a.rooms.MaxStreamPos(ctx)
 	if err != nil {
@@ -670,7 +702,6 @@ func (a *API) messages(w http.ResponseWriter, r *http.Request, au *Auth) {
 	}
 	resp := map[string]any{"start": hsync.Token{Events: from}.String(), "chunk": []json.RawMessage{}, "state": []json.RawMessage{}}
 	var evs []*rooms.Event
-	more := false
 	if limit > 0 {
 		if dir == "b" {
 			high := min(from, upTo)
@@ -679,7 +710,7 @@ func (a *API) messages(w http.ResponseWriter, r *http.Request, au *Auth) {
 				low = to
 			}
 			if high > low {
-				evs, more, err = a.rooms.RoomEventsBetween(ctx, roomID, low, high, limit)
+				evs, _, err = a.rooms.RoomEventsBetween(ctx, roomID, low, high, limit)
 				if err != nil {
 					RespondError(w, r, err)
 					return
@@ -704,7 +735,7 @@ func (a *API) messages(w http.ResponseWriter, r *http.Request, au *Auth) {
 				}
 				slices.SortFunc(evs, func(x, y *rooms.Event) int { return cmpInt(x.StreamPos, y.StreamPos) })
 				if len(evs) > limit {
-					evs, more = evs[:limit], true
+					evs = evs[:limit]
 				}
 			}
 		}
@@ -716,7 +747,7 @@ func (a *API) messages(w http.ResponseWriter, r *http.Request, au *Auth) {
 	}
 	shown := make([]*rooms.Event, 0, len(visible))
 	for _, ev := range visible {
-		if hsync.PartAllows(filter, roomID, ev.Sender, ev.Type) {
+		if hsync.PartAllows(filter, roomID, ev.Sender, ev.Type) && containsURLAllows(filter, ev) {
 			shown = append(shown, ev)
 		}
 	}
@@ -726,7 +757,17 @@ func (a *API) messages(w http.ResponseWriter, r *http.Request, au *Auth) {
 		return
 	}
 	resp["chunk"] = chunk
-	if more && len(evs) > 0 {
+	if filter != nil && filter.LazyLoadMembers && len(shown) > 0 {
+		state, err := a.lazyMembers(ctx, roomID, shown)
+		if err != nil {
+			RespondError(w, r, err)
+			return
+		}
+		resp["state"] = state
+	}
+	// Like Synapse, every page that held events gets an end token; the page after the last one is empty and
+	// has none, which is what tells the client it reached the end.
+	if len(evs) > 0 {
 		last := evs[len(evs)-1]
 		end := last.StreamPos
 		if dir == "b" {
@@ -735,6 +776,41 @@ func (a *API) messages(w http.ResponseWriter, r *http.Request, au *Auth) {
 		resp["end"] = hsync.Token{Events: end}.String()
 	}
 	RespondJSON(w, http.StatusOK, resp)
+}
+
+// containsURLAllows applies a filter's contains_url: true keeps only events whose content has a url, false
+// only those without.
+func containsURLAllows(f *mautrix.FilterPart, ev *rooms.Event) bool {
+	if f == nil || f.ContainsURL == nil {
+		return true
+	}
+	var c struct {
+		URL json.RawMessage `json:"url"`
+	}
+	_ = json.Unmarshal(ev.Content, &c)
+	return (len(c.URL) > 0) == *f.ContainsURL
+}
+
+// lazyMembers returns, for a lazy_load_members filter, the m.room.member events of the senders of evs as the
+// room state had them at the newest of evs.
+func (a *API) lazyMembers(ctx context.Context, room id.RoomID, evs []*rooms.Event) ([]json.RawMessage, error) {
+	senders := make(map[string]bool, len(evs))
+	newest := int64(0)
+	for _, ev := range evs {
+		senders[string(ev.Sender)] = true
+		newest = max(newest, ev.StreamPos)
+	}
+	state, err := a.rooms.StateAt(ctx, room, newest)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]json.RawMessage, 0, len(senders))
+	for _, ev := range state {
+		if ev.Type == event.StateMember.Type && senders[ev.StateKeyString()] {
+			out = append(out, ev.MarshalClient())
+		}
+	}
+	return out, nil
 }
 
 func cmpInt(a, b int64) int {
@@ -758,6 +834,15 @@ func (a *API) members(w http.ResponseWriter, r *http.Request, au *Auth) {
 	if err != nil {
 		RespondError(w, r, err)
 		return
+	}
+	if at := r.URL.Query().Get("at"); at != "" {
+		// The members as of a pagination token (a sync next_batch or a prev_batch), never past what the user may read.
+		pos, err := hsync.ParseStreamToken(at)
+		if err != nil {
+			RespondError(w, r, mxerr.InvalidParam("bad at token"))
+			return
+		}
+		upTo = min(upTo, pos)
 	}
 	var evs []*rooms.Event
 	if upTo == math.MaxInt64 {
@@ -795,8 +880,12 @@ func (a *API) joinedMembers(w http.ResponseWriter, r *http.Request, au *Auth) {
 		return
 	}
 	ctx := r.Context()
-	if _, err := a.readableUpTo(ctx, roomID, au.User); err != nil {
+	// The list is the current one, so only current members may read it (a former member is refused).
+	if upTo, err := a.readableUpTo(ctx, roomID, au.User); err != nil {
 		RespondError(w, r, err)
+		return
+	} else if upTo != math.MaxInt64 {
+		RespondError(w, r, mxerr.Forbidden("you are no longer in this room"))
 		return
 	}
 	evs, err := a.rooms.Members(ctx, roomID)
@@ -804,19 +893,24 @@ func (a *API) joinedMembers(w http.ResponseWriter, r *http.Request, au *Auth) {
 		RespondError(w, r, err)
 		return
 	}
-	joined := map[id.UserID]mautrix.JoinedMember{}
+	// Both keys are always present (null when unset), as the spec's schema lists them and Complement checks.
+	type member struct {
+		DisplayName *string `json:"display_name"`
+		AvatarURL   *string `json:"avatar_url"`
+	}
+	joined := map[id.UserID]member{}
 	for _, ev := range evs {
 		if ev.Membership() != "join" {
 			continue
 		}
 		var c struct {
-			DisplayName string `json:"displayname"`
-			AvatarURL   string `json:"avatar_url"`
+			DisplayName *string `json:"displayname"`
+			AvatarURL   *string `json:"avatar_url"`
 		}
 		_ = json.Unmarshal(ev.Content, &c)
-		joined[id.UserID(ev.StateKeyString())] = mautrix.JoinedMember{DisplayName: c.DisplayName, AvatarURL: c.AvatarURL}
+		joined[id.UserID(ev.StateKeyString())] = member{DisplayName: c.DisplayName, AvatarURL: c.AvatarURL}
 	}
-	RespondJSON(w, http.StatusOK, mautrix.RespJoinedMembers{Joined: joined})
+	RespondJSON(w, http.StatusOK, map[string]any{"joined": joined})
 }
 
 func (a *API) joinedRooms(w http.ResponseWriter, r *http.Request, au *Auth) {
@@ -908,14 +1002,68 @@ func (a *API) deleteAlias(w http.ResponseWriter, r *http.Request, au *Auth) {
 		RespondError(w, r, err)
 		return
 	}
+	roomID, err := a.rooms.ResolveAlias(r.Context(), alias)
+	if err != nil {
+		RespondError(w, r, err)
+		return
+	}
 	if err := a.rooms.DeleteAlias(r.Context(), alias); err != nil {
 		RespondError(w, r, err)
 		return
 	}
+	a.dropCanonicalAlias(r.Context(), roomID, alias, au)
 	RespondJSON(w, http.StatusOK, struct{}{})
 }
 
-// mayDeleteAlias allows the alias's creator, a server admin, or the appservice that owns the alias namespace.
+// dropCanonicalAlias removes a deleted alias from the room's m.room.canonical_alias (alias and alt_aliases),
+// as the deleting user, so that the room no longer advertises an alias that does not resolve. The deletion
+// itself stands even when the user may not change that state event (then the stale entry stays; logged).
+func (a *API) dropCanonicalAlias(ctx context.Context, roomID id.RoomID, alias id.RoomAlias, au *Auth) {
+	ev, err := a.rooms.StateEvent(ctx, roomID, event.StateCanonicalAlias.Type, "")
+	if err != nil || ev == nil {
+		return
+	}
+	var content map[string]any
+	if json.Unmarshal(ev.Content, &content) != nil || content == nil {
+		return
+	}
+	changed := false
+	if content["alias"] == string(alias) {
+		delete(content, "alias")
+		changed = true
+	}
+	if alts, ok := content["alt_aliases"].([]any); ok {
+		kept := make([]any, 0, len(alts))
+		for _, v := range alts {
+			if v != string(alias) {
+				kept = append(kept, v)
+			}
+		}
+		if len(kept) != len(alts) {
+			changed = true
+			if len(kept) == 0 {
+				delete(content, "alt_aliases")
+			} else {
+				content["alt_aliases"] = kept
+			}
+		}
+	}
+	if !changed {
+		return
+	}
+	raw, err := json.Marshal(content)
+	if err != nil {
+		return
+	}
+	stateKey := ""
+	if _, err := a.rooms.Send(ctx, rooms.SendRequest{RoomID: roomID, Sender: au.User, Type: event.StateCanonicalAlias.Type,
+		StateKey: &stateKey, Content: raw, DeviceID: au.Device}); err != nil {
+		zerolog.Ctx(ctx).Info().Err(err).Stringer("room_id", roomID).Msg("deleted alias stays in m.room.canonical_alias")
+	}
+}
+
+// mayDeleteAlias allows the alias's creator, a joined user with the power to change m.room.canonical_alias,
+// a server admin, or the appservice that owns the alias namespace.
 func (a *API) mayDeleteAlias(ctx context.Context, au *Auth, alias id.RoomAlias) error {
 	if au.AS != nil && a.as.ExclusiveAliasOwner(alias) == au.AS {
 		return nil
@@ -926,6 +1074,16 @@ func (a *API) mayDeleteAlias(ctx context.Context, au *Auth, alias id.RoomAlias) 
 	}
 	if creator == au.User {
 		return nil
+	}
+	// Whoever may change the room's canonical alias may also delete its aliases (as Synapse allows).
+	if roomID, err := a.rooms.ResolveAlias(ctx, alias); err == nil {
+		ok, err := a.rooms.MaySendState(ctx, roomID, au.User, event.StateCanonicalAlias.Type)
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
 	}
 	admin, err := a.users.IsAdmin(ctx, au.User)
 	if err != nil {

@@ -59,6 +59,27 @@ func (a *API) doSync(w http.ResponseWriter, r *http.Request, au *Auth) {
 			RespondError(w, r, err)
 			return
 		}
+	} else if a.sync.PresenceOf(au.User).Presence == "offline" {
+		// Without set_presence, syncing marks the user online (spec); a presence the user chose (unavailable)
+		// is left alone.
+		if err := a.sync.SetPresence(r.Context(), au.User, "online", "", false); err != nil {
+			RespondError(w, r, err)
+			return
+		}
+	}
+	if req.Since == "" {
+		// An initial sync carries the push rules even before the user changed one (then they are the defaults).
+		rs, err := a.loadRules(r.Context(), au.User)
+		if err != nil {
+			RespondError(w, r, err)
+			return
+		}
+		raw, err := json.Marshal(map[string]any{"global": rs})
+		if err != nil {
+			RespondError(w, r, err)
+			return
+		}
+		req.DefaultAccountData = map[string]json.RawMessage{"m.push_rules": raw}
 	}
 	resp, err := a.sync.Sync(r.Context(), req)
 	if err != nil {
@@ -122,7 +143,7 @@ func (a *API) getFilter(w http.ResponseWriter, r *http.Request, au *Auth) {
 		RespondError(w, r, err)
 		return
 	}
-	RespondJSON(w, http.StatusOK, f)
+	RespondJSON(w, http.StatusOK, hsync.ForClient(f))
 }
 
 func (a *API) typing(w http.ResponseWriter, r *http.Request, au *Auth) {

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"maunium.net/go/mautrix/id"
 
@@ -150,10 +151,13 @@ func (s *Service) Upload(ctx context.Context, user id.UserID, device id.DeviceID
 				changed = true
 			}
 		}
+		// Claims hand out the oldest upload first (clients expect the keys they uploaded earliest to be used
+		// first); keys of one upload share the time and go by key ID.
+		uploadedAt := time.Now().UnixNano()
 		for _, k := range otks {
-			_, err := s.db.Exec(ctx, `INSERT INTO e2ee_one_time_keys (user_id, device_id, algorithm, key_id, key_json)
-				VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, device_id, key_id) DO NOTHING`,
-				user, device, k.alg, k.id, string(k.json))
+			_, err := s.db.Exec(ctx, `INSERT INTO e2ee_one_time_keys (user_id, device_id, algorithm, key_id, key_json, uploaded_at)
+				VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id, device_id, key_id) DO NOTHING`,
+				user, device, k.alg, k.id, string(k.json), uploadedAt)
 			if err != nil {
 				return false, fmt.Errorf("store one-time key: %w", err)
 			}
@@ -284,7 +288,7 @@ func (s *Service) claimOne(ctx context.Context, user id.UserID, dev id.DeviceID,
 	for range claimRetries {
 		var keyID, key string
 		err := s.db.QueryRow(ctx, `SELECT key_id, key_json FROM e2ee_one_time_keys
-			WHERE user_id=$1 AND device_id=$2 AND algorithm=$3 ORDER BY key_id LIMIT 1`, user, dev, alg).Scan(&keyID, &key)
+			WHERE user_id=$1 AND device_id=$2 AND algorithm=$3 ORDER BY uploaded_at, key_id LIMIT 1`, user, dev, alg).Scan(&keyID, &key)
 		if errors.Is(err, sql.ErrNoRows) {
 			return s.claimFallback(ctx, user, dev, alg)
 		} else if err != nil {

@@ -54,8 +54,8 @@ func TestUpgradeFromV1(t *testing.T) {
 			t.Fatalf("backup after upgrade: %q %v", v, err)
 		}
 		var version int
-		if err := db.QueryRow(ctx, `SELECT version FROM e2ee_version`).Scan(&version); err != nil || version != 2 {
-			t.Fatalf("schema version %d %v, want 2", version, err)
+		if err := db.QueryRow(ctx, `SELECT version FROM e2ee_version`).Scan(&version); err != nil || version != 3 {
+			t.Fatalf("schema version %d %v, want 3", version, err)
 		}
 		_ = e2ee.MaxToDevicePerSync
 	})

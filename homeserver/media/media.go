@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -97,6 +98,106 @@ func validMediaID(mid string) bool {
 // Upload stores the content read from r (at most MaxBytes, else mxerr.TooLarge and nothing is kept) and
 // returns its mxc:// URI.
 func (s *Service) Upload(ctx context.Context, uploader id.UserID, contentType, filename string, r io.Reader) (id.ContentURI, error) {
+	return s.store(ctx, newMediaID(), uploader, contentType, filename, r, nil)
+}
+
+// PendingLifetime is how long a media ID reserved with Create waits for its content.
+const PendingLifetime = 24 * time.Hour
+
+// MaxPendingPerUser bounds how many reserved, not yet uploaded media IDs one user may hold.
+const MaxPendingPerUser = 100
+
+// Create reserves a media ID whose content uploader sends later with UploadTo (asynchronous upload). It
+// returns the mxc:// URI and when the reservation expires; a user holding MaxPendingPerUser reservations
+// gets mxerr.LimitExceeded.
+func (s *Service) Create(ctx context.Context, uploader id.UserID) (id.ContentURI, time.Time, error) {
+	now := time.Now()
+	if _, err := s.db.Exec(ctx, `DELETE FROM media_pending WHERE expires_ts < $1`, now.UnixMilli()); err != nil {
+		return id.ContentURI{}, time.Time{}, fmt.Errorf("expire pending media: %w", err)
+	}
+	var n int
+	if err := s.db.QueryRow(ctx, `SELECT COUNT(*) FROM media_pending WHERE uploader=$1`, uploader).Scan(&n); err != nil {
+		return id.ContentURI{}, time.Time{}, fmt.Errorf("count pending media: %w", err)
+	}
+	if n >= MaxPendingPerUser {
+		return id.ContentURI{}, time.Time{}, mxerr.LimitExceeded("too many media IDs waiting for their upload")
+	}
+	mid, expires := newMediaID(), now.Add(PendingLifetime)
+	_, err := s.db.Exec(ctx, `INSERT INTO media_pending (media_id, uploader, expires_ts) VALUES ($1, $2, $3)`,
+		mid, uploader, expires.UnixMilli())
+	if err != nil {
+		return id.ContentURI{}, time.Time{}, fmt.Errorf("reserve media ID: %w", err)
+	}
+	return id.ContentURI{Homeserver: s.serverName, FileID: mid}, expires, nil
+}
+
+// UploadTo stores the content of a media ID reserved with Create. Content already stored is
+// M_CANNOT_OVERWRITE_MEDIA (409); someone else's reservation is M_FORBIDDEN; an unknown or expired one is
+// M_NOT_FOUND.
+func (s *Service) UploadTo(ctx context.Context, uploader id.UserID, serverName, mediaID, contentType, filename string, r io.Reader) error {
+	if serverName != s.serverName || !validMediaID(mediaID) {
+		return mxerr.NotFound("unknown media ID")
+	}
+	claim := func(ctx context.Context) error {
+		var owner id.UserID
+		var expires int64
+		err := s.db.QueryRow(ctx, `SELECT uploader, expires_ts FROM media_pending WHERE media_id=$1`, mediaID).Scan(&owner, &expires)
+		if errors.Is(err, sql.ErrNoRows) {
+			var one int
+			err = s.db.QueryRow(ctx, `SELECT 1 FROM media WHERE media_id=$1`, mediaID).Scan(&one)
+			if err == nil {
+				return errCannotOverwrite()
+			} else if !errors.Is(err, sql.ErrNoRows) {
+				return fmt.Errorf("look up media: %w", err)
+			}
+			return mxerr.NotFound("unknown media ID")
+		} else if err != nil {
+			return fmt.Errorf("look up pending media: %w", err)
+		}
+		if owner != uploader {
+			return mxerr.Forbidden("this media ID was reserved by another user")
+		}
+		if expires < time.Now().UnixMilli() {
+			return mxerr.NotFound("the media ID reservation has expired")
+		}
+		// Whoever deletes the reservation owns the upload; a concurrent upload finds it gone.
+		res, err := s.db.Exec(ctx, `DELETE FROM media_pending WHERE media_id=$1`, mediaID)
+		if err != nil {
+			return fmt.Errorf("claim pending media: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return errCannotOverwrite()
+		}
+		return nil
+	}
+	_, err := s.store(ctx, mediaID, uploader, contentType, filename, r, claim)
+	return err
+}
+
+func errCannotOverwrite() error {
+	return mxerr.New(http.StatusConflict, "M_CANNOT_OVERWRITE_MEDIA", "media has already been uploaded to this ID")
+}
+
+// Pending reports whether mediaID is reserved and still waiting for its content.
+func (s *Service) Pending(ctx context.Context, serverName, mediaID string) (bool, error) {
+	if serverName != s.serverName || !validMediaID(mediaID) {
+		return false, nil
+	}
+	var one int
+	err := s.db.QueryRow(ctx, `SELECT 1 FROM media_pending WHERE media_id=$1 AND expires_ts >= $2`,
+		mediaID, time.Now().UnixMilli()).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	} else if err != nil {
+		return false, fmt.Errorf("look up pending media: %w", err)
+	}
+	return true, nil
+}
+
+// store writes the content read from r as media mid. claim, when set, runs once the content is read (and
+// within limits) and before anything is stored: its error aborts the upload.
+func (s *Service) store(ctx context.Context, mid string, uploader id.UserID, contentType, filename string, r io.Reader,
+	claim func(context.Context) error) (id.ContentURI, error) {
 	if contentType == "" {
 		contentType = "application/octet-stream"
 	}
@@ -119,7 +220,11 @@ func (s *Service) Upload(ctx context.Context, uploader id.UserID, contentType, f
 	if err = tmp.Sync(); err != nil {
 		return id.ContentURI{}, fmt.Errorf("sync upload file: %w", err)
 	}
-	mid := newMediaID()
+	if claim != nil {
+		if err = claim(ctx); err != nil {
+			return id.ContentURI{}, err
+		}
+	}
 	if err = os.Rename(tmp.Name(), filepath.Join(s.dir, mid)); err != nil {
 		return id.ContentURI{}, fmt.Errorf("store upload file: %w", err)
 	}

@@ -26,7 +26,7 @@ type SendRequest struct {
 	// TS is the origin_server_ts to use; 0 means now. The HTTP layer decides who may set it (appservices
 	// with ?ts=).
 	TS int64
-	// TxnID makes the send idempotent per (Sender, DeviceID, TxnID): a repeat returns the first event.
+	// TxnID makes the send idempotent per (Sender, DeviceID, RoomID, TxnID): a repeat returns the first event.
 	TxnID    string
 	DeviceID id.DeviceID
 	// Redacts is the event an m.room.redaction redacts (content.redacts is accepted too).
@@ -37,13 +37,13 @@ type SendRequest struct {
 // auth events the spec selects and the next depth; the authorisation rules of the room version run against
 // the current state; then the event, its stream position and the current state are written in one
 // transaction and subscribers are called. Unauthorised events get mxerr.Forbidden and nothing is stored.
-// A repeated (Sender, DeviceID, TxnID) returns the event stored the first time.
+// A repeated (Sender, DeviceID, RoomID, TxnID) returns the event stored the first time.
 func (s *Service) Send(ctx context.Context, req SendRequest) (*Event, error) {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	if req.TxnID != "" {
 		// Under the writer lock, so that a concurrent retry cannot store the event twice.
-		if ev, err := s.eventByTxn(ctx, req.Sender, req.DeviceID, req.TxnID); err != nil || ev != nil {
+		if ev, err := s.eventByTxn(ctx, req.Sender, req.DeviceID, req.RoomID, req.TxnID); err != nil || ev != nil {
 			return ev, err
 		}
 	}
@@ -66,9 +66,11 @@ func (s *Service) Send(ctx context.Context, req SendRequest) (*Event, error) {
 	return ev, nil
 }
 
-func (s *Service) eventByTxn(ctx context.Context, sender id.UserID, device id.DeviceID, txnID string) (*Event, error) {
+// eventByTxn finds the event a transaction ID already produced. The spec scopes transaction IDs to the device
+// and the request path, and the path names the room, so the same ID in another room is a new transaction.
+func (s *Service) eventByTxn(ctx context.Context, sender id.UserID, device id.DeviceID, roomID id.RoomID, txnID string) (*Event, error) {
 	ev, err := s.queryEvent(ctx, `SELECT `+eventColumns+` FROM rooms_events e
-		WHERE e.sender = $1 AND e.device_id = $2 AND e.txn_id = $3`, sender, device, txnID)
+		WHERE e.sender = $1 AND e.device_id = $2 AND e.room_id = $3 AND e.txn_id = $4`, sender, device, roomID, txnID)
 	if err != nil {
 		return nil, fmt.Errorf("look up transaction %s: %w", txnID, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 
 	"maunium.net/go/mautrix/id"
 )
@@ -52,7 +53,7 @@ func (s *Service) CurrentHistoryVisibility(ctx context.Context, roomID id.RoomID
 }
 
 // EventVisible decides whether user may see ev given the room's history visibility and the user's membership
-// in the state before ev (for the user's own membership event, the membership it sets). peeking means the user
+// in the state before ev. peeking means the user
 // has never been joined to the room (or is reading it from outside), so "shared" history is closed to them.
 func EventVisible(visibility, membership string, peeking bool) bool {
 	if membership == memberJoin || visibility == VisibilityWorldReadable {
@@ -68,15 +69,23 @@ func EventVisible(visibility, membership string, peeking bool) bool {
 }
 
 // FilterVisible returns the events of evs (all in roomID, any order) that user may see under the room's
-// history visibility rules, keeping their order. peeking: see EventVisible.
+// history visibility rules, keeping their order; the user's own membership events are always kept. Each
+// returned event is a copy whose unsigned.membership is user's membership at that event (MSC4115: the
+// membership the event itself sets for the user's own member events, the one before it otherwise).
+// peeking: see EventVisible.
 func (s *Service) FilterVisible(ctx context.Context, roomID id.RoomID, user id.UserID, evs []*Event, peeking bool) ([]*Event, error) {
 	if len(evs) == 0 {
 		return evs, nil
 	}
-	// The history of the two state entries that matter, oldest first; small even for busy rooms.
+	newest := int64(0)
+	for _, ev := range evs {
+		newest = max(newest, ev.StreamPos)
+	}
+	// The history of the two state entries that matter, oldest first; both are ranges of the state index.
 	hist, err := s.queryEvents(ctx, `SELECT `+eventColumns+` FROM rooms_events e
-		WHERE e.room_id = $1 AND ((e.type = $2 AND e.state_key = '') OR (e.type = 'm.room.member' AND e.state_key = $3))
-		ORDER BY e.stream_pos`, roomID, typeHistoryVisibility, user)
+		WHERE e.room_id = $1 AND e.stream_pos < $4
+			AND ((e.type = $2 AND e.state_key = '') OR (e.type = 'm.room.member' AND e.state_key = $3))
+		ORDER BY e.stream_pos`, roomID, typeHistoryVisibility, user, newest)
 	if err != nil {
 		return nil, fmt.Errorf("load visibility history of %s: %w", roomID, err)
 	}
@@ -97,12 +106,38 @@ func (s *Service) FilterVisible(ctx context.Context, roomID id.RoomID, user id.U
 				membership = h.Membership()
 			}
 		}
-		if ev.Type == "m.room.member" && ev.StateKeyString() == string(user) {
+		// Users always see the changes of their own membership (an invite, a kick, their leave).
+		own := ev.Type == typeMember && ev.StateKeyString() == string(user)
+		if own {
 			membership = ev.Membership()
 		}
-		if EventVisible(historyVisibilityOf(visEv), membership, peeking) {
-			out = append(out, ev)
+		if own || EventVisible(historyVisibilityOf(visEv), membership, peeking) {
+			out = append(out, withMembership(ev, membership))
 		}
 	}
 	return out, nil
+}
+
+// AnnotateJoined returns copies of evs with unsigned.membership for a user who was joined throughout them
+// ("join", or what the user's own member events among them set), without a database query.
+func AnnotateJoined(user id.UserID, evs []*Event) []*Event {
+	out := make([]*Event, len(evs))
+	for i, ev := range evs {
+		m := memberJoin
+		if ev.Type == typeMember && ev.StateKeyString() == string(user) {
+			m = ev.Membership()
+		}
+		out[i] = withMembership(ev, m)
+	}
+	return out
+}
+
+func withMembership(ev *Event, membership string) *Event {
+	cp := *ev
+	cp.Unsigned = maps.Clone(ev.Unsigned)
+	if cp.Unsigned == nil {
+		cp.Unsigned = map[string]any{}
+	}
+	cp.Unsigned["membership"] = membership
+	return &cp
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
@@ -43,15 +44,58 @@ func ParseFilter(data []byte) (*mautrix.Filter, error) {
 		parts = append(parts, f.Room.AccountData, f.Room.Ephemeral, f.Room.State, f.Room.Timeline)
 	}
 	for _, p := range parts {
-		if p != nil && p.Limit < 0 {
+		if p == nil {
+			continue
+		}
+		if p.Limit < 0 {
 			return nil, fmt.Errorf("negative limit %d", p.Limit)
 		}
+		if err := checkIDs(p.Rooms, p.NotRooms, p.Senders, p.NotSenders); err != nil {
+			return nil, err
+		}
+	}
+	if f.Room != nil {
+		if err := checkIDs(f.Room.Rooms, f.Room.NotRooms, nil, nil); err != nil {
+			return nil, err
+		}
+	}
+	// mautrix's FilterPart cannot tell "limit": 0 from no limit; a timeline limit of exactly 0 is meaningful
+	// (state only, no events), so it is kept as the zeroTimelineLimit marker.
+	var explicit struct {
+		Room *struct {
+			Timeline *struct {
+				Limit *int `json:"limit"`
+			} `json:"timeline"`
+		} `json:"room"`
+	}
+	if json.Unmarshal(data, &explicit) == nil && explicit.Room != nil && explicit.Room.Timeline != nil &&
+		explicit.Room.Timeline.Limit != nil && *explicit.Room.Timeline.Limit == 0 && f.Room.Timeline != nil {
+		f.Room.Timeline.Limit = zeroTimelineLimit
 	}
 	return &f, nil
 }
 
+// zeroTimelineLimit is how a parsed or stored filter says "timeline limit 0" (see ParseFilter).
+const zeroTimelineLimit = -1
+
+// ForClient returns f as the client wrote it (the zero timeline limit marker undone), for GET /filter.
+func ForClient(f *mautrix.Filter) *mautrix.Filter {
+	if f == nil || f.Room == nil || f.Room.Timeline == nil || f.Room.Timeline.Limit != zeroTimelineLimit {
+		return f
+	}
+	c, tl := *f, *f.Room.Timeline
+	room := *f.Room
+	tl.Limit = 0
+	room.Timeline = &tl
+	c.Room = &room
+	return &c
+}
+
 // TimelineLimit returns the number of timeline events per room that f asks for, within [1, MaxTimelineLimit].
 func TimelineLimit(f *mautrix.Filter) int {
+	if f != nil && f.Room != nil && f.Room.Timeline != nil && f.Room.Timeline.Limit == zeroTimelineLimit {
+		return 0
+	}
 	if f == nil || f.Room == nil || f.Room.Timeline == nil || f.Room.Timeline.Limit <= 0 {
 		return DefaultTimelineLimit
 	}
@@ -102,4 +146,24 @@ func typeMatches(pattern event.Type, evType string) bool {
 		return len(evType) >= n-1 && evType[:n-1] == p[:n-1]
 	}
 	return p == evType
+}
+
+// checkIDs refuses room lists holding something that is not a room ID and sender lists holding something that
+// is not a user ID: such a filter can never match what its author meant.
+func checkIDs(rooms, notRooms []id.RoomID, senders, notSenders []id.UserID) error {
+	for _, list := range [][]id.RoomID{rooms, notRooms} {
+		for _, r := range list {
+			if !strings.HasPrefix(string(r), "!") || len(r) < 2 {
+				return fmt.Errorf("%q is not a room ID", r)
+			}
+		}
+	}
+	for _, list := range [][]id.UserID{senders, notSenders} {
+		for _, u := range list {
+			if _, _, err := u.Parse(); err != nil {
+				return fmt.Errorf("%q is not a user ID", u)
+			}
+		}
+	}
+	return nil
 }

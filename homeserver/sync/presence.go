@@ -88,3 +88,14 @@ func (p *Presence) changedSince(since, upTo int64) map[id.UserID]PresenceState {
 	}
 	return out
 }
+
+// known returns user's presence if it was ever set at or before upTo.
+func (p *Presence) known(user id.UserID, upTo int64) (PresenceState, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := p.users[user]
+	if st == nil || st.pos == 0 || st.pos > upTo {
+		return PresenceState{}, false
+	}
+	return *st, true
+}

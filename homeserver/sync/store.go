@@ -150,3 +150,28 @@ func (s *Service) ReceiptPos() int64 {
 	defer s.receiptMu.Unlock()
 	return s.receiptPos
 }
+
+// Forget records that user forgot room while memberEvent (a leave or ban) is their membership there.
+func (s *Service) Forget(ctx context.Context, user id.UserID, room id.RoomID, memberEvent id.EventID) error {
+	_, err := s.db.Exec(ctx, `INSERT INTO sync_forgotten (user_id, room_id, member_event_id) VALUES ($1, $2, $3)
+		ON CONFLICT (user_id, room_id) DO UPDATE SET member_event_id = excluded.member_event_id`, user, room, memberEvent)
+	if err != nil {
+		return fmt.Errorf("forget %s for %s: %w", room, user, err)
+	}
+	return nil
+}
+
+// Forgotten reports whether user forgot room and memberEvent is still the membership they forgot it with.
+func (s *Service) Forgotten(ctx context.Context, user id.UserID, room id.RoomID, memberEvent id.EventID) (bool, error) {
+	if memberEvent == "" {
+		return false, nil
+	}
+	var evID string
+	err := s.db.QueryRow(ctx, `SELECT member_event_id FROM sync_forgotten WHERE user_id = $1 AND room_id = $2`, user, room).Scan(&evID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	} else if err != nil {
+		return false, fmt.Errorf("read forgotten %s for %s: %w", room, user, err)
+	}
+	return evID == string(memberEvent), nil
+}

@@ -143,6 +143,9 @@ type Request struct {
 	Timeout   time.Duration
 	Filter    *mautrix.Filter
 	FullState bool
+	// DefaultAccountData is global account data an initial sync sends for each type the user has not stored
+	// (the server-default m.push_rules, which only become account data once the user changes a rule).
+	DefaultAccountData map[string]json.RawMessage
 }
 
 // EventList is the {"events": [...]} object that recurs in a sync response.
@@ -303,6 +306,24 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 		return nil, fmt.Errorf("read account data: %w", err)
 	}
 	roomAD := map[id.RoomID][]json.RawMessage{}
+	stored := map[string]bool{}
+	for _, it := range adItems {
+		if it.RoomID == "" {
+			stored[it.Type] = true
+		}
+	}
+	if initial {
+		types := make([]string, 0, len(req.DefaultAccountData))
+		for t := range req.DefaultAccountData {
+			types = append(types, t)
+		}
+		slices.Sort(types)
+		for _, typ := range types {
+			if !stored[typ] && (f == nil || PartAllows(f.AccountData, "", "", typ)) {
+				resp.AccountData.Events = append(resp.AccountData.Events, accountDataEvent(typ, req.DefaultAccountData[typ]))
+			}
+		}
+	}
 	for _, it := range adItems {
 		if it.Pos > adPos {
 			continue
@@ -341,10 +362,14 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 	if err != nil {
 		return nil, fmt.Errorf("list joined rooms: %w", err)
 	}
+	ignored := s.ignoredUsers(ctx, req.User)
 	var (
 		rules       *pushRules // loaded on first use
 		rulesLoaded bool
 	)
+	// Users who start sharing a room with req.User in this sync: their presence is sent even if it did not
+	// change since the token (the client has not seen it before).
+	newPeers := map[id.UserID]bool{}
 	for _, room := range joined {
 		if !RoomAllowed(f, room) {
 			continue
@@ -368,22 +393,51 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 		if newly {
 			after = 0
 		}
-		evs, limited, err := s.rooms.RoomEventsBetween(ctx, room, after, evPos, limit)
+		evs, limited, err := s.timeline(ctx, room, after, evPos, limit)
 		if err != nil {
 			return nil, fmt.Errorf("timeline of %s: %w", room, err)
 		}
 		// Bundled aggregations (edits, thread summaries) go on the events sent, not on the ones used for tokens.
 		shown, err := s.rooms.Bundle(ctx, evs, req.User, evPos)
+		if err == nil && newly {
+			// A fresh timeline may reach back before the join: history visibility decides what of it is shown.
+			shown, err = s.rooms.FilterVisible(ctx, room, req.User, shown, false)
+		} else if err == nil {
+			// Incrementally, every new event was sent while the user was joined.
+			shown = rooms.AnnotateJoined(req.User, shown)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("aggregations of %s: %w", room, err)
+		}
+		if !initial {
+			if newly {
+				members, err := s.rooms.JoinedMembers(ctx, room)
+				if err != nil {
+					return nil, fmt.Errorf("members of %s: %w", room, err)
+				}
+				for _, m := range members {
+					newPeers[m] = true
+				}
+			} else {
+				for _, ev := range evs {
+					if ev.Membership() == "join" && PrevMembership(ev) != "join" {
+						newPeers[id.UserID(ev.StateKeyString())] = true
+					}
+				}
+			}
 		}
 		jr := &JoinedRoom{
 			Summary: map[string]any{}, State: emptyList(), Ephemeral: emptyList(), AccountData: emptyList(),
 			Timeline: Timeline{Events: []json.RawMessage{}, Limited: limited},
 		}
 		jr.Timeline.PrevBatch = prevBatch(evs, evPos)
+		if newly || slices.ContainsFunc(evs, func(ev *rooms.Event) bool { return ev.Type == event.StateMember.Type }) {
+			if jr.Summary, err = s.summary(ctx, room, req.User); err != nil {
+				return nil, err
+			}
+		}
 		for _, ev := range shown {
-			if PartAllows(tlPart, room, ev.Sender, ev.Type) {
+			if PartAllows(tlPart, room, ev.Sender, ev.Type) && !ignored[ev.Sender] {
 				jr.Timeline.Events = append(jr.Timeline.Events, ClientEvent(ev, req.User, req.Device))
 			}
 		}
@@ -425,7 +479,8 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 		}
 	}
 
-	if err := s.presenceEvents(ctx, resp, req.User, f, joined, since, next, initial); err != nil {
+	delete(newPeers, req.User)
+	if err := s.presenceEvents(ctx, resp, req.User, f, joined, since, next, initial, newPeers); err != nil {
 		return nil, err
 	}
 
@@ -442,6 +497,10 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 			return nil, fmt.Errorf("membership in %s: %w", room, err)
 		}
 		if !initial && !req.FullState && memberEv != nil && memberEv.StreamPos <= since.Events {
+			continue
+		}
+		if memberEv != nil && ignored[memberEv.Sender] {
+			// Invites from ignored users are not shown at all (spec, "Ignoring users").
 			continue
 		}
 		ir, err := s.inviteState(ctx, room, memberEv)
@@ -467,25 +526,52 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 			if memberEv == nil || (!initial && memberEv.StreamPos <= since.Events) {
 				continue
 			}
+			if initial {
+				// A forgotten room is gone from the user's archive (an incremental sync still delivers the leave).
+				forgotten, err := s.Forgotten(ctx, req.User, room, memberEv.ID)
+				if err != nil {
+					return nil, err
+				}
+				if forgotten {
+					continue
+				}
+			}
 			upTo := min(memberEv.StreamPos, evPos)
 			after := since.Events
 			if initial || after > upTo {
 				after = 0
 			}
-			evs, limited, err := s.rooms.RoomEventsBetween(ctx, room, after, upTo, limit)
+			evs, limited, err := s.timeline(ctx, room, after, upTo, limit)
 			if err != nil {
 				return nil, fmt.Errorf("timeline of left room %s: %w", room, err)
 			}
 			lr := &LeftRoom{State: emptyList(), AccountData: emptyList(),
 				Timeline: Timeline{Events: []json.RawMessage{}, Limited: limited, PrevBatch: prevBatch(evs, upTo)}}
-			for _, ev := range evs {
+			visible, err := s.rooms.FilterVisible(ctx, room, req.User, evs, false)
+			if err != nil {
+				return nil, fmt.Errorf("visible timeline of left room %s: %w", room, err)
+			}
+			for _, ev := range visible {
 				if PartAllows(tlPart, room, ev.Sender, ev.Type) {
 					lr.Timeline.Events = append(lr.Timeline.Events, ClientEvent(ev, req.User, req.Device))
 				}
 			}
-			if len(evs) == 0 || evs[len(evs)-1].ID != memberEv.ID {
-				// The leave itself must reach the client even if it was filtered or past evPos.
-				lr.Timeline.Events = append(lr.Timeline.Events, memberEv.MarshalClient())
+			if after == 0 || limited {
+				// Like a joined room: the state just before the timeline, which for an empty timeline is the
+				// state at the leave (the leave included), and never anything from after it.
+				at := upTo
+				if len(evs) > 0 {
+					at = evs[0].StreamPos - 1
+				}
+				state, err := s.rooms.StateAt(ctx, room, at)
+				if err != nil {
+					return nil, fmt.Errorf("state of left room %s: %w", room, err)
+				}
+				for _, ev := range state {
+					if PartAllows(statePart, room, ev.Sender, ev.Type) {
+						lr.State.Events = append(lr.State.Events, ev.MarshalClient())
+					}
+				}
 			}
 			resp.Rooms.Leave[room] = lr
 		}
@@ -521,6 +607,63 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 	return resp, nil
 }
 
+// ignoredUsers returns the users in user's m.ignored_user_list account data (empty when there is none).
+func (s *Service) ignoredUsers(ctx context.Context, user id.UserID) map[id.UserID]bool {
+	raw, err := s.users.AccountData(ctx, user, "", "m.ignored_user_list")
+	if err != nil {
+		return nil
+	}
+	var c struct {
+		IgnoredUsers map[id.UserID]json.RawMessage `json:"ignored_users"`
+	}
+	if json.Unmarshal(raw, &c) != nil || len(c.IgnoredUsers) == 0 {
+		return nil
+	}
+	out := make(map[id.UserID]bool, len(c.IgnoredUsers))
+	for u := range c.IgnoredUsers {
+		out[u] = true
+	}
+	return out
+}
+
+// summary returns a joined room's summary: joined and invited member counts and up to five other members
+// (heroes) for clients that name the room after its members.
+func (s *Service) summary(ctx context.Context, room id.RoomID, user id.UserID) (map[string]any, error) {
+	members, err := s.rooms.Members(ctx, room)
+	if err != nil {
+		return nil, fmt.Errorf("members of %s: %w", room, err)
+	}
+	joined, invited := 0, 0
+	heroes := []id.UserID{}
+	for _, ev := range members {
+		switch ev.Membership() {
+		case "join":
+			joined++
+		case "invite":
+			invited++
+		default:
+			continue
+		}
+		if u := id.UserID(ev.StateKeyString()); u != user && len(heroes) < 5 {
+			heroes = append(heroes, u)
+		}
+	}
+	return map[string]any{"m.joined_member_count": joined, "m.invited_member_count": invited, "m.heroes": heroes}, nil
+}
+
+// timeline returns the newest limit events of room in (after, upTo] and whether older ones were left out; a
+// limit of 0 gives no events, limited when the range has any.
+func (s *Service) timeline(ctx context.Context, room id.RoomID, after, upTo int64, limit int) ([]*rooms.Event, bool, error) {
+	if limit > 0 {
+		return s.rooms.RoomEventsBetween(ctx, room, after, upTo, limit)
+	}
+	if upTo <= after {
+		return nil, false, nil
+	}
+	evs, _, err := s.rooms.RoomEventsBetween(ctx, room, after, upTo, 1)
+	return nil, len(evs) > 0, err
+}
+
 // PrevMembership returns the membership a member event replaced ("" when it is the first).
 func PrevMembership(ev *rooms.Event) string {
 	prev, ok := ev.Unsigned["prev_content"]
@@ -545,12 +688,19 @@ func PrevMembership(ev *rooms.Event) string {
 
 // presenceEvents adds the m.presence events of users sharing a joined room with user whose presence changed
 // after since (all known ones on an initial sync).
-func (s *Service) presenceEvents(ctx context.Context, resp *Response, user id.UserID, f *mautrix.Filter, joined []id.RoomID, since, next Token, initial bool) error {
+func (s *Service) presenceEvents(ctx context.Context, resp *Response, user id.UserID, f *mautrix.Filter, joined []id.RoomID, since, next Token, initial bool, newPeers map[id.UserID]bool) error {
 	from := since.Presence
 	if initial {
 		from = 0
 	}
 	changed := s.presence.changedSince(from, next.Presence)
+	for u := range newPeers {
+		if _, ok := changed[u]; !ok {
+			if st, known := s.presence.known(u, next.Presence); known {
+				changed[u] = st
+			}
+		}
+	}
 	if len(changed) == 0 {
 		return nil
 	}

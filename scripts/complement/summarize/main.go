@@ -123,7 +123,7 @@ func parse(r io.Reader) (*report, error) {
 var (
 	ansi       = regexp.MustCompile("\x1b\\[[0-9;]*m")
 	fileLine   = regexp.MustCompile(`^\s*[\w.-]+\.go:\d+: (.*)$`)
-	noisyLines = []string{"[CSAPI]", "server log kept in", "retrying with a longer one", "called runtime.SkipIf", "=== ", "--- "}
+	noisyLines = []string{"[CSAPI]", "server log kept in", "called runtime.SkipIf", "=== ", "--- "}
 )
 
 // reason picks a one-line cause from the output of top and its subtests: the first red (ct.Errorf/Fatalf)
