@@ -323,7 +323,3 @@ func (a *API) putAccountData(w http.ResponseWriter, r *http.Request, au *Auth) {
 	a.sync.NotifyAccountData(uid)
 	RespondJSON(w, http.StatusOK, struct{}{})
 }
-
-func (a *API) pushers(w http.ResponseWriter, r *http.Request, _ *Auth) {
-	RespondJSON(w, http.StatusOK, map[string]any{"pushers": []any{}})
-}

@@ -76,7 +76,16 @@ func TestParseFilter(t *testing.T) {
 	if TimelineLimit(big) != MaxTimelineLimit {
 		t.Fatal("limit not capped")
 	}
-	for _, bad := range []string{``, `[]`, `{`, `{"room":{"timeline":{"limit":-1}}}`, `{"event_format":"xml"}`, `{"room":5}`} {
+	zero, err := ParseFilter([]byte(`{"room":{"timeline":{"limit":0}}}`))
+	if err != nil || TimelineLimit(zero) != 0 {
+		t.Fatalf("explicit limit 0: %d %v", TimelineLimit(zero), err)
+	}
+	if got := ForClient(zero).Room.Timeline.Limit; got != 0 || zero.Room.Timeline.Limit != zeroTimelineLimit {
+		t.Fatalf("ForClient: limit %d, original %d", got, zero.Room.Timeline.Limit)
+	}
+	for _, bad := range []string{``, `[]`, `{`, `{"room":{"timeline":{"limit":-1}}}`, `{"event_format":"xml"}`, `{"room":5}`,
+		`{"room":{"timeline":{"senders":["not_a_sender_id"]}}}`, `{"room":{"timeline":{"rooms":["not_a_room_id"]}}}`,
+		`{"room":{"not_rooms":["x"]}}`, `{"presence":{"not_senders":["@nocolon"]}}`} {
 		if _, err := ParseFilter([]byte(bad)); err == nil {
 			t.Fatalf("ParseFilter(%q) accepted", bad)
 		}
@@ -85,7 +94,8 @@ func TestParseFilter(t *testing.T) {
 
 func FuzzParseFilter(f *testing.F) {
 	for _, s := range []string{`{}`, `{"room":{"timeline":{"limit":5}}}`, `{"room":{"state":{"types":["m.*"]},"include_leave":true}}`,
-		`{"account_data":{"not_types":["*"]}}`, `{"event_format":"client","presence":{"limit":0}}`} {
+		`{"account_data":{"not_types":["*"]}}`, `{"event_format":"client","presence":{"limit":0}}`, `{"room":{"timeline":{"limit":0}}}`,
+		`{"room":{"timeline":{"senders":["@a:b"],"rooms":["!r:s"]}}}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -93,17 +103,25 @@ func FuzzParseFilter(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if l := TimelineLimit(flt); l < 1 || l > MaxTimelineLimit {
+		if l := TimelineLimit(flt); l < 0 || l > MaxTimelineLimit {
 			t.Fatalf("timeline limit %d out of range", l)
 		}
-		// A stored filter is re-encoded and parsed again: that must succeed and keep the limit.
+		// A stored filter is re-encoded and decoded again (SaveFilter, Filter): that must keep the limit.
 		raw, err := json.Marshal(flt)
 		if err != nil {
 			t.Fatalf("marshal: %v", err)
 		}
-		again, err := ParseFilter(raw)
+		again := new(mautrix.Filter)
+		if err := json.Unmarshal(raw, again); err != nil {
+			t.Fatalf("re-decode of %s: %v", raw, err)
+		}
+		// What GET /filter shows is a filter ParseFilter accepts again.
+		shown, err := json.Marshal(ForClient(flt))
 		if err != nil {
-			t.Fatalf("re-parse of %s: %v", raw, err)
+			t.Fatalf("marshal for client: %v", err)
+		}
+		if _, err := ParseFilter(shown); err != nil {
+			t.Fatalf("re-parse of %s: %v", shown, err)
 		}
 		if TimelineLimit(again) != TimelineLimit(flt) {
 			t.Fatalf("limit changed across re-encoding")
