@@ -45,7 +45,8 @@ func middleware(mux *http.ServeMux, log zerolog.Logger) http.Handler {
 		// For a path with "..", "." or "//" segments the mux answers with an HTML redirect to the cleaned
 		// path; no Matrix endpoint has such paths (and following the redirect could reach another resource,
 		// e.g. /download/x/../../etc/passwd), so answer 404 M_UNRECOGNIZED in JSON instead.
-		if r.Method != http.MethodConnect && cleanPath(r.URL.Path) != r.URL.Path {
+		// Compare on the escaped path, as ServeMux does: %2F inside a path segment is data, not a separator.
+		if ep := r.URL.EscapedPath(); r.Method != http.MethodConnect && cleanPath(ep) != ep {
 			clientapi.RespondError(sw, r, mxerr.Unrecognized("unrecognized request"))
 			return
 		}

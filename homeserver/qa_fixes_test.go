@@ -2,6 +2,7 @@ package homeserver_test
 
 import (
 	"bytes"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -215,6 +216,21 @@ func TestPathTraversalIsJSON404(t *testing.T) {
 			strings.Contains(strings.ToLower(resp), "location:") {
 			t.Errorf("%s: %q", p, resp)
 		}
+	}
+}
+
+// TestEncodedSlashIsNotTraversal: %2F inside a path segment (an mxc URI pasted into the media path) is data, so the
+// request reaches its handler and is judged there (here: no token → 401), not refused as a non-canonical path.
+func TestEncodedSlashIsNotTraversal(t *testing.T) {
+	e := newEnv(t, "sqlite", nil, nil)
+	resp, err := http.Get(e.url + "/_matrix/client/v1/media/download/localhost/mxc:%2F%2Flocalhost%2Fabc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(string(body), "M_MISSING_TOKEN") {
+		t.Fatalf("got %d %s, want 401 M_MISSING_TOKEN", resp.StatusCode, body)
 	}
 }
 
