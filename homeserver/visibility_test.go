@@ -209,3 +209,67 @@ func TestLeftRoomSync(t *testing.T) {
 		}
 	})
 }
+
+// TestRelationsRespectHistoryVisibility: /relations and /threads hide what the caller could not see when it was
+// sent, like /event and /messages do — a thread reply written while Bob was out of a joined-only room stays
+// hidden after he comes back, and relations of an event he never saw are a 404.
+func TestRelationsRespectHistoryVisibility(t *testing.T) {
+	forEachDB(t, func(t *testing.T, e *env) {
+		alice, bob := e.user("alice"), e.user("bob")
+		resp, err := alice.CreateRoom(ctx(t), &mautrix.ReqCreateRoom{Preset: "public_chat",
+			InitialState: []*event.Event{{Type: event.StateHistoryVisibility, StateKey: ptr(""),
+				Content: event.Content{Raw: map[string]any{"history_visibility": "joined"}}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		room := resp.RoomID
+		send := func(content map[string]any) id.EventID {
+			t.Helper()
+			r, err := alice.SendMessageEvent(ctx(t), room, event.EventMessage, content)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r.EventID
+		}
+		reply := func(root id.EventID, body string) id.EventID {
+			return send(map[string]any{"msgtype": "m.text", "body": body,
+				"m.relates_to": map[string]any{"rel_type": "m.thread", "event_id": root}})
+		}
+		if _, err = bob.JoinRoomByID(ctx(t), room); err != nil {
+			t.Fatal(err)
+		}
+		root := send(map[string]any{"msgtype": "m.text", "body": "root"})
+		seen := reply(root, "while bob is here")
+		if _, err = bob.LeaveRoom(ctx(t), room); err != nil {
+			t.Fatal(err)
+		}
+		hidden := reply(root, "while bob is away")
+		unseenRoot := send(map[string]any{"msgtype": "m.text", "body": "unseen root"})
+		if _, err = bob.JoinRoomByID(ctx(t), room); err != nil {
+			t.Fatal(err)
+		}
+		later := reply(root, "after bob is back")
+
+		rel, err := bob.GetRelations(ctx(t), room, root, &mautrix.ReqGetRelations{Limit: 50})
+		if err != nil {
+			t.Fatalf("relations: %v", err)
+		}
+		got := map[id.EventID]bool{}
+		for _, ev := range rel.Chunk {
+			got[ev.ID] = true
+		}
+		if !got[seen] || !got[later] || got[hidden] {
+			t.Errorf("relations for bob = %v; want %s and %s, not %s", evIDs(rel.Chunk), seen, later, hidden)
+		}
+		status, _ := e.do("GET", fmt.Sprintf("/_matrix/client/v1/rooms/%s/relations/%s", room,
+			url.PathEscape(string(unseenRoot))), bob.AccessToken, nil)
+		if status != 404 {
+			t.Errorf("relations of an event bob never saw: %d, want 404", status)
+		}
+		// Alice, who saw everything, gets all three replies.
+		rel, err = alice.GetRelations(ctx(t), room, root, &mautrix.ReqGetRelations{Limit: 50})
+		if err != nil || len(rel.Chunk) != 3 {
+			t.Errorf("relations for alice: %d events, %v; want 3", len(rel.Chunk), err)
+		}
+	})
+}

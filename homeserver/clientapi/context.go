@@ -44,24 +44,12 @@ func (a *API) eventContext(w http.ResponseWriter, r *http.Request, au *Auth) {
 		RespondError(w, r, err)
 		return
 	}
-	ev, err := a.rooms.Event(ctx, id.EventID(r.PathValue("eventID")))
+	ev, err := a.visibleEvent(ctx, roomID, au.User, id.EventID(r.PathValue("eventID")), upTo, peeking)
 	if err != nil {
 		RespondError(w, r, err)
 		return
 	}
-	if ev.RoomID != roomID || ev.StreamPos > upTo {
-		RespondError(w, r, mxerr.NotFound("event not found"))
-		return
-	}
-	seen, err := a.rooms.FilterVisible(ctx, roomID, au.User, []*rooms.Event{ev}, peeking)
-	if err != nil {
-		RespondError(w, r, err)
-		return
-	}
-	if len(seen) == 0 {
-		RespondError(w, r, mxerr.NotFound("event not found"))
-		return
-	}
+	seen := []*rooms.Event{ev}
 	before, after := limit/2, limit-limit/2
 	var evsBefore, evsAfter []*rooms.Event
 	if before > 0 && ev.StreamPos > 1 {

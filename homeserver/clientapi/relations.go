@@ -60,13 +60,9 @@ func (a *API) relations(w http.ResponseWriter, r *http.Request, au *Auth) {
 		RespondError(w, r, err)
 		return
 	}
-	parent, err := a.rooms.Event(ctx, id.EventID(r.PathValue("eventID")))
+	parent, err := a.visibleEvent(ctx, roomID, au.User, id.EventID(r.PathValue("eventID")), upTo, false)
 	if err != nil {
 		RespondError(w, r, err)
-		return
-	}
-	if parent.RoomID != roomID || parent.StreamPos > upTo {
-		RespondError(w, r, mxerr.NotFound("event not found"))
 		return
 	}
 	q := r.URL.Query()
@@ -107,6 +103,10 @@ func (a *API) relations(w http.ResponseWriter, r *http.Request, au *Auth) {
 	resp := map[string]any{"chunk": []json.RawMessage{}}
 	if rq.Limit > 0 {
 		evs, next, err := a.rooms.Relations(ctx, roomID, parent.ID, rq)
+		if err == nil {
+			// Relations sent while the user could not see the room stay hidden, like the events themselves.
+			evs, err = a.rooms.FilterVisible(ctx, roomID, au.User, evs, false)
+		}
 		if err != nil {
 			RespondError(w, r, err)
 			return
@@ -166,6 +166,9 @@ func (a *API) threads(w http.ResponseWriter, r *http.Request, au *Auth) {
 	resp := map[string]any{"chunk": []json.RawMessage{}}
 	if tq.Limit > 0 {
 		roots, next, err := a.rooms.Threads(ctx, roomID, tq)
+		if err == nil {
+			roots, err = a.rooms.FilterVisible(ctx, roomID, au.User, roots, false)
+		}
 		if err != nil {
 			RespondError(w, r, err)
 			return

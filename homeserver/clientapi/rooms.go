@@ -456,6 +456,27 @@ func (a *API) readAccess(ctx context.Context, room id.RoomID, user id.UserID) (i
 	return math.MaxInt64, true, nil
 }
 
+// visibleEvent loads eventID of roomID for user: it must be in that room, at or before upTo, and visible under
+// the room's history visibility rules (peeking: see rooms.EventVisible). Anything else is M_NOT_FOUND, so a
+// hidden event looks like a missing one, as the spec asks. The event returned carries unsigned.membership.
+func (a *API) visibleEvent(ctx context.Context, roomID id.RoomID, user id.UserID, eventID id.EventID, upTo int64, peeking bool) (*rooms.Event, error) {
+	ev, err := a.rooms.Event(ctx, eventID)
+	if err != nil {
+		return nil, err
+	}
+	if ev.RoomID != roomID || ev.StreamPos > upTo {
+		return nil, mxerr.NotFound("event not found")
+	}
+	visible, err := a.rooms.FilterVisible(ctx, roomID, user, []*rooms.Event{ev}, peeking)
+	if err != nil {
+		return nil, err
+	}
+	if len(visible) == 0 {
+		return nil, mxerr.NotFound("event not found")
+	}
+	return visible[0], nil
+}
+
 func (a *API) getState(w http.ResponseWriter, r *http.Request, au *Auth) {
 	roomID, err := pathRoom(r)
 	if err != nil {
@@ -605,25 +626,12 @@ func (a *API) getEvent(w http.ResponseWriter, r *http.Request, au *Auth) {
 		RespondError(w, r, err)
 		return
 	}
-	ev, err := a.rooms.Event(ctx, id.EventID(r.PathValue("eventID")))
+	ev, err := a.visibleEvent(ctx, roomID, au.User, id.EventID(r.PathValue("eventID")), upTo, peeking)
 	if err != nil {
 		RespondError(w, r, err)
 		return
 	}
-	if ev.RoomID != roomID || ev.StreamPos > upTo {
-		RespondError(w, r, mxerr.NotFound("event not found"))
-		return
-	}
-	visible, err := a.rooms.FilterVisible(ctx, roomID, au.User, []*rooms.Event{ev}, peeking)
-	if err != nil {
-		RespondError(w, r, err)
-		return
-	}
-	if len(visible) == 0 {
-		RespondError(w, r, mxerr.NotFound("event not found"))
-		return
-	}
-	out, err := a.clientEvents(r, au, visible, upTo)
+	out, err := a.clientEvents(r, au, []*rooms.Event{ev}, upTo)
 	if err != nil {
 		RespondError(w, r, err)
 		return
