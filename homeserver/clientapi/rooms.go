@@ -421,7 +421,7 @@ func (a *API) readableUpTo(ctx context.Context, room id.RoomID, user id.UserID) 
 	case "leave", "ban":
 		// Only someone who was joined keeps read access (up to when they left): rejecting an invite or
 		// being banned without ever joining does not open the room's history.
-		if ev != nil && hsync.PrevMembership(ev) == "join" {
+		if ev != nil && ev.PrevMembership() == "join" {
 			// Forgetting the room gives up that access.
 			forgotten, err := a.sync.Forgotten(ctx, user, room, ev.ID)
 			if err != nil {

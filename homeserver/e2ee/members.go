@@ -2,7 +2,6 @@ package e2ee
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"time"
@@ -25,7 +24,7 @@ func (s *Service) onRoomEvent(ev *rooms.Event) {
 		return
 	}
 	now := ev.Membership() == "join"
-	if now == (prevMembership(ev) == "join") {
+	if now == (ev.PrevMembership() == "join") {
 		return
 	}
 	user := id.UserID(*ev.StateKey)
@@ -45,28 +44,6 @@ func (s *Service) onRoomEvent(ev *rooms.Event) {
 		s.waker.WakeRoom(ev.RoomID)
 		s.waker.WakeUsers(user)
 	}
-}
-
-// prevMembership returns the membership a member event replaced ("" when it is the first).
-func prevMembership(ev *rooms.Event) string {
-	prev, ok := ev.Unsigned["prev_content"]
-	if !ok || prev == nil {
-		return ""
-	}
-	var raw []byte
-	switch p := prev.(type) {
-	case json.RawMessage:
-		raw = p
-	case []byte:
-		raw = p
-	default:
-		raw, _ = json.Marshal(p)
-	}
-	var c struct {
-		Membership string `json:"membership"`
-	}
-	_ = json.Unmarshal(raw, &c)
-	return c.Membership
 }
 
 type memberChange struct {

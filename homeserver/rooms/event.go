@@ -56,6 +56,29 @@ func (e *Event) Membership() string {
 	return c.Membership
 }
 
+// PrevMembership returns the membership a member event replaced, read from unsigned.prev_content ("" when the
+// event is the user's first membership in the room, or not a member event).
+func (e *Event) PrevMembership() string {
+	prev, ok := e.Unsigned["prev_content"]
+	if !ok || prev == nil {
+		return ""
+	}
+	var raw []byte
+	switch p := prev.(type) {
+	case json.RawMessage:
+		raw = p
+	case []byte:
+		raw = p
+	default:
+		raw, _ = json.Marshal(p)
+	}
+	var c struct {
+		Membership string `json:"membership"`
+	}
+	_ = json.Unmarshal(raw, &c)
+	return c.Membership
+}
+
 // clientEvent is the client-server format of a room event.
 type clientEvent struct {
 	Content        json.RawMessage `json:"content"`

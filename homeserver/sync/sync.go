@@ -388,7 +388,7 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 		// the full state before them. Events sent while the user was only invited are after since's invite
 		// but before the join, and must reach the client too. A join → join change (a profile update) is not
 		// a new join.
-		newly := initial || req.FullState || (memberEv != nil && memberEv.StreamPos > since.Events && PrevMembership(memberEv) != "join")
+		newly := initial || req.FullState || (memberEv != nil && memberEv.StreamPos > since.Events && memberEv.PrevMembership() != "join")
 		after := since.Events
 		if newly {
 			after = 0
@@ -420,7 +420,7 @@ func (s *Service) compute(ctx context.Context, req Request, since Token, initial
 				}
 			} else {
 				for _, ev := range evs {
-					if ev.Membership() == "join" && PrevMembership(ev) != "join" {
+					if ev.Membership() == "join" && ev.PrevMembership() != "join" {
 						newPeers[id.UserID(ev.StateKeyString())] = true
 					}
 				}
@@ -662,28 +662,6 @@ func (s *Service) timeline(ctx context.Context, room id.RoomID, after, upTo int6
 	}
 	evs, _, err := s.rooms.RoomEventsBetween(ctx, room, after, upTo, 1)
 	return nil, len(evs) > 0, err
-}
-
-// PrevMembership returns the membership a member event replaced ("" when it is the first).
-func PrevMembership(ev *rooms.Event) string {
-	prev, ok := ev.Unsigned["prev_content"]
-	if !ok || prev == nil {
-		return ""
-	}
-	var raw []byte
-	switch p := prev.(type) {
-	case json.RawMessage:
-		raw = p
-	case []byte:
-		raw = p
-	default:
-		raw, _ = json.Marshal(p)
-	}
-	var c struct {
-		Membership string `json:"membership"`
-	}
-	_ = json.Unmarshal(raw, &c)
-	return c.Membership
 }
 
 // presenceEvents adds the m.presence events of users sharing a joined room with user whose presence changed
