@@ -2,9 +2,7 @@ package hub
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
-	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -66,31 +64,7 @@ func startRecordingHub(t *testing.T, cfg *configs.Config, d *deliveries) *runnin
 // startHubWithLog is startRecordingHub with the given logger.
 func startHubWithLog(t *testing.T, cfg *configs.Config, d *deliveries, log zerolog.Logger) *runningHub {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	h, err := New(ctx, cfg, log)
-	if err != nil {
-		cancel()
-		t.Fatalf("hub.New: %v", err)
-	}
-	h.senderTr.onDelivered = d.record
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	rh := &runningHub{Hub: h, URL: "http://" + ln.Addr().String(), done: make(chan error, 1), stop: cancel}
-	go func() { rh.done <- h.Serve(ctx, ln) }()
-	select {
-	case <-h.Ready():
-	case err := <-rh.done:
-		cancel()
-		t.Fatalf("hub stopped during start: %v", err)
-	case <-time.After(60 * time.Second):
-		cancel()
-		t.Fatal("hub did not become ready")
-	}
-	t.Cleanup(func() { rh.shutdown(t) })
-	return rh
+	return startHubWith(t, cfg, log, func(h *Hub) { h.senderTr.onDelivered = d.record })
 }
 
 // adminCall makes one bridge admin API request and decodes the answer into out (if not nil).

@@ -45,11 +45,21 @@ type runningHub struct {
 
 func startHub(t *testing.T, cfg *configs.Config) *runningHub {
 	t.Helper()
+	return startHubWith(t, cfg, testLogger(t), nil)
+}
+
+// startHubWith starts a hub on a loopback port with the given logger, calling tweak (if not nil) on it before it
+// serves, and stops it when the test ends.
+func startHubWith(t *testing.T, cfg *configs.Config, log zerolog.Logger, tweak func(*Hub)) *runningHub {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	h, err := New(ctx, cfg, testLogger(t))
+	h, err := New(ctx, cfg, log)
 	if err != nil {
 		cancel()
 		t.Fatalf("hub.New: %v", err)
+	}
+	if tweak != nil {
+		tweak(h)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -1,7 +1,6 @@
 package hub
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -16,31 +15,7 @@ import (
 // startHubWithTimeouts is startHub with the HTTP server's read and idle timeouts shortened.
 func startHubWithTimeouts(t *testing.T, cfg *configs.Config, read, idle time.Duration) *runningHub {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	h, err := New(ctx, cfg, testLogger(t))
-	if err != nil {
-		cancel()
-		t.Fatalf("hub.New: %v", err)
-	}
-	h.readTimeout, h.idleTimeout = read, idle
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	rh := &runningHub{Hub: h, URL: "http://" + ln.Addr().String(), done: make(chan error, 1), stop: cancel}
-	go func() { rh.done <- h.Serve(ctx, ln) }()
-	select {
-	case <-h.Ready():
-	case err := <-rh.done:
-		cancel()
-		t.Fatalf("hub stopped during start: %v", err)
-	case <-time.After(60 * time.Second):
-		cancel()
-		t.Fatal("hub did not become ready")
-	}
-	t.Cleanup(func() { rh.shutdown(t) })
-	return rh
+	return startHubWith(t, cfg, testLogger(t), func(h *Hub) { h.readTimeout, h.idleTimeout = read, idle })
 }
 
 // waitClosed reads from conn until the server closes it; it fails if that takes longer than within.
